@@ -1,0 +1,36 @@
+"""Fixed-point formats, quantized layers, the QNetwork with its reference executor, conversion from
+float PyTorch, and the ``.qnn`` model file."""
+
+from __future__ import annotations
+
+from qcert.quant.convert import from_float
+from qcert.quant.format import (
+    FixedPointFormat,
+    Rounding,
+    fake_requantize,
+    requantize,
+    round_shift,
+)
+from qcert.quant.io import load_model, save_model
+from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLayer, QLinear, QRequant
+from qcert.quant.network import DEFAULT_INPUT_FORMAT, QNetwork, argmax_first
+
+__all__ = [
+    "DEFAULT_INPUT_FORMAT",
+    "FixedPointFormat",
+    "QAvgPool2d",
+    "QConv2d",
+    "QFlatten",
+    "QLayer",
+    "QLinear",
+    "QNetwork",
+    "QRequant",
+    "Rounding",
+    "argmax_first",
+    "fake_requantize",
+    "from_float",
+    "load_model",
+    "save_model",
+    "requantize",
+    "round_shift",
+]

@@ -1,0 +1,237 @@
+"""Post-training conversion of a float ``nn.Sequential`` to a :class:`QNetwork`.
+
+Power-of-two formats are chosen per tensor: each weight tensor gets the most fractional bits that
+still hold its largest magnitude; each activation gets the most fractional bits that hold the
+calibration range seen on the (already quantized) prefix of the network. Batch norm is folded into
+the preceding affine layer, and the float model's input scaling is folded into the first one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from qcert.errors import FormatError
+from qcert.quant.format import MAX_ABS_FRAC, FixedPointFormat, Rounding
+from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLayer, QLinear, QRequant
+from qcert.quant.network import DEFAULT_INPUT_FORMAT, QNetwork
+
+SUPPORTED = "Linear, Conv2d, ReLU, Flatten, AvgPool2d, BatchNorm1d/2d (folded), Dropout, Identity"
+
+
+def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    if isinstance(module, nn.Sequential):
+        out = []
+        for name, child in module.named_children():
+            out += _leaves(child, f"{prefix}{name}.")
+        return out
+    return [(prefix.rstrip("."), module)]
+
+
+def frac_for(max_abs: float, bits: int, signed: bool) -> int:
+    """Most fractional bits such that ``max_abs`` still fits ``bits`` (clamped to ±MAX_ABS_FRAC)."""
+    qmax = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+    if not math.isfinite(max_abs):
+        raise FormatError(f"cannot choose a format for a non-finite range ({max_abs})")
+    if max_abs <= 0:
+        return min(MAX_ABS_FRAC, bits)
+    f = math.floor(math.log2(qmax / max_abs))
+    while f > -MAX_ABS_FRAC and round(max_abs * 2.0**f) > qmax:
+        f -= 1
+    while f < MAX_ABS_FRAC and round(max_abs * 2.0 ** (f + 1)) <= qmax:
+        f += 1
+    return max(-MAX_ABS_FRAC, min(MAX_ABS_FRAC, f))
+
+
+def _per_layer(value: int | Sequence[int] | None, default: int, n: int, what: str) -> list[int]:
+    if value is None:
+        return [default] * n
+    if isinstance(value, int):
+        return [value] * n
+    vals = list(value)
+    if len(vals) != n:
+        raise FormatError(f"{what}: {len(vals)} bit widths given for {n} layers")
+    return vals
+
+
+def _fold_bn(w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor, ...]:
+    assert isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d)
+    if bn.running_mean is None or bn.running_var is None:
+        raise FormatError("batch norm without running statistics cannot be folded")
+    gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(bn.running_mean).double()
+    beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(bn.running_mean).double()
+    s = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+    b0 = b if b is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    w = w * s.view(-1, *([1] * (w.dim() - 1)))
+    return w, (b0 - bn.running_mean.double()) * s + beta
+
+
+def _plan(module: nn.Module) -> list[tuple[str, str, dict]]:
+    """Normalise the float module to steps: ('affine', name, {...}), ('relu'|'flatten'|'pool', ...)."""
+    steps: list[tuple[str, str, dict]] = []
+    for i, (name, m) in enumerate(_leaves(module)):
+        label = f"layer {i} ({name}: {type(m).__name__})"
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            if isinstance(m, nn.Conv2d):
+                if m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros":
+                    raise FormatError(f"{label}: only groups=1, dilation=1, zero padding supported")
+                if isinstance(m.padding, str):
+                    raise FormatError(f"{label}: string padding {m.padding!r} not supported")
+            w = m.weight.detach().double()
+            b = None if m.bias is None else m.bias.detach().double()
+            steps.append(("affine", label, {"module": m, "w": w, "b": b}))
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            if not steps or steps[-1][0] != "affine":
+                raise FormatError(f"{label}: batch norm must directly follow a Linear or Conv2d")
+            d = steps[-1][2]
+            d["w"], d["b"] = _fold_bn(d["w"], d["b"], m)
+        elif isinstance(m, nn.ReLU):
+            steps.append(("relu", label, {}))
+        elif isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise FormatError(f"{label}: only Flatten(start_dim=1, end_dim=-1) is supported")
+            steps.append(("flatten", label, {}))
+        elif isinstance(m, nn.AvgPool2d):
+            if m.padding not in (0, (0, 0)) or m.ceil_mode or m.divisor_override is not None:
+                raise FormatError(f"{label}: only AvgPool2d without padding or ceil_mode supported")
+            steps.append(("pool", label, {"kernel": m.kernel_size, "stride": m.stride}))
+        elif isinstance(m, nn.Dropout | nn.Identity):
+            continue
+        else:
+            raise FormatError(f"{label} is not supported; from_float converts {SUPPORTED}")
+    if not any(kind == "affine" for kind, _, _ in steps):
+        raise FormatError("the module has no Linear or Conv2d layer")
+    return steps
+
+
+def _count_requants(steps: list[tuple[str, str, dict]], nonneg_input: bool) -> int:
+    """How many requantizations :func:`from_float` inserts (same state machine, no tensors)."""
+    state, n = ("nonneg" if nonneg_input else "bounded"), 0
+    for kind, _, _ in steps:
+        if kind == "affine":
+            n += state == "acc"
+            state = "acc"
+        elif kind == "relu" and state != "nonneg":
+            n, state = n + 1, "nonneg"
+    return n
+
+
+@torch.no_grad()
+def from_float(
+    module: nn.Module,
+    calibration_images: torch.Tensor,
+    bits: int = 8,
+    *,
+    weight_bits: int | Sequence[int] | None = None,
+    act_bits: int | Sequence[int] | None = None,
+    bias_bits: int = 32,
+    input_scale: float = 1.0 / 255.0,
+    input_format: FixedPointFormat = DEFAULT_INPUT_FORMAT,
+    rounding: Rounding | str = Rounding.HALF_UP,
+    percentile: float | None = None,
+    classes: Sequence[str] | None = None,
+) -> QNetwork:
+    """Convert a float ``nn.Sequential`` of Linear/Conv2d/ReLU/Flatten/AvgPool2d to a QNetwork.
+
+    Args:
+        module: the float network; it is given inputs ``x_int * input_scale``.
+        calibration_images: integer inputs (N×C×H×W or N×D, e.g. uint8 pixels) used to choose
+            activation formats.
+        bits: default bit width of weights and activations.
+        weight_bits / act_bits: per-layer widths (one per affine layer / per requantization).
+        bias_bits: bias width; biases sit at the accumulator's scale when they fit.
+        input_scale: how the float model scaled integer inputs (``1/255`` for ``x/255``).
+        input_format: the integer input's format (default uint8 with 8 fractional bits).
+        rounding: requantization rounding rule.
+        percentile: clip activation ranges at this percentile (e.g. 99.99) instead of the max.
+        classes: class names.
+
+    The float model's ReLUs become unsigned requantizations (ReLU + saturation); two affine layers
+    with nothing between them get a signed requantization; the last affine layer's accumulators are
+    the logits. Unsupported layers raise :class:`FormatError` naming the layer.
+    """
+    module = module.eval()
+    steps = _plan(module)
+    n_affine = sum(1 for k, _, _ in steps if k == "affine")
+    n_requant = _count_requants(steps, input_format.qmin >= 0)
+    wbits = _per_layer(weight_bits, bits, n_affine, "weight_bits")
+    abits = _per_layer(act_bits, bits, n_requant, "act_bits")
+    rounding = Rounding.parse(rounding)
+    x = calibration_images
+    if x.dim() < 2 or x.shape[0] < 1:
+        raise FormatError("calibration_images must be a non-empty batch N×...")
+    input_shape = tuple(x.shape[1:])
+    fold = input_scale * 2.0**input_format.frac  # float model input = our real input * fold
+
+    layers: list[QLayer] = []
+    frac = input_format.frac
+    shape: tuple[int, ...] = input_shape
+    v = x.to(torch.float64) * 2.0**-input_format.frac  # real values of the quantized prefix
+    # 'bounded' (requantized or input), 'nonneg' (bounded and ≥ 0), 'acc' (an accumulator)
+    state = "nonneg" if input_format.qmin >= 0 else "bounded"
+    first_affine, ai, ri = True, 0, 0
+
+    def add(layer: QLayer) -> None:
+        nonlocal shape, frac, v
+        shape, frac = layer.bind(shape, frac)
+        v = layer.fake(v)
+        layers.append(layer)
+
+    def requant(signed: bool, label: str) -> None:
+        nonlocal ri
+        vals = v.clamp(min=0) if not signed else v.abs()
+        flat = vals.flatten()
+        if percentile is not None:
+            if not 0 < percentile <= 100:
+                raise FormatError(f"percentile must be in (0, 100], got {percentile}")
+            flat = flat[:: max(1, flat.numel() // 4_000_000)]  # torch.quantile's size limit
+            hi = float(torch.quantile(flat.float(), percentile / 100.0))
+        else:
+            hi = float(flat.max())
+        try:
+            fmt = FixedPointFormat(abits[ri], signed, frac_for(hi, abits[ri], signed))
+            add(QRequant(fmt, rounding))
+        except FormatError as e:
+            raise FormatError(f"{label}: {e}") from None
+        ri += 1
+
+    for kind, label, d in steps:
+        if kind == "affine":
+            if state == "acc":
+                requant(True, label)
+            w, b = d["w"], d["b"]
+            if first_affine:
+                w = w * fold
+                first_affine = False
+            wf = FixedPointFormat(wbits[ai], True, frac_for(float(w.abs().max()), wbits[ai], True))
+            bf = None
+            if b is not None:
+                acc_frac = frac + wf.frac
+                bf = FixedPointFormat(
+                    bias_bits, True, min(acc_frac, frac_for(float(b.abs().max()), bias_bits, True))
+                )
+            m = d["module"]
+            try:
+                if isinstance(m, nn.Linear):
+                    layer: QLayer = QLinear(w, b, wf, bf)
+                else:
+                    layer = QConv2d(w, b, wf, bf, m.stride, m.padding)  # type: ignore[arg-type]
+                add(layer)
+            except FormatError as e:
+                raise FormatError(f"{label}: {e}") from None
+            state, ai = "acc", ai + 1
+        elif kind == "relu":
+            if state != "nonneg":
+                requant(False, label)
+                state = "nonneg"
+        elif kind == "flatten":
+            add(QFlatten())
+        else:
+            try:
+                add(QAvgPool2d(d["kernel"], d["stride"]))
+            except FormatError as e:
+                raise FormatError(f"{label}: {e}") from None
+    return QNetwork(layers, input_shape, input_format, classes=classes)

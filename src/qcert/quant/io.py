@@ -1,0 +1,257 @@
+"""The ``.qnn`` model file: safetensors with integer tensors plus a JSON header (docs/model-format.md).
+
+Loading never unpickles: the safetensors container is parsed by the ``safetensors`` library (a
+length-prefixed JSON header and raw little-endian buffers) and every field is validated; each way a
+file can be malformed raises one :class:`~qcert.errors.ModelFileError` that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from qcert.errors import FormatError, ModelFileError
+from qcert.quant.format import FixedPointFormat, Rounding, smallest_int_dtype
+from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLayer, QLinear, QRequant
+from qcert.quant.network import QNetwork
+
+FORMAT_NAME = "qcert.qnn"
+FORMAT_VERSION = 1
+METADATA_KEY = "qcert"
+INTEGER_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32)
+
+
+def header_of(net: QNetwork) -> dict[str, Any]:
+    """The JSON header describing ``net`` (everything but the integer tensors)."""
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "input": {
+            "shape": list(net.input_shape),
+            "format": net.input_format.to_dict(),
+            "range": list(net.input_range),
+        },
+        "layers": [layer.config() for layer in net.layers],
+        "classes": list(net.classes),
+        "meta": net.meta,
+    }
+
+
+def tensors_of(net: QNetwork) -> dict[str, np.ndarray]:
+    """The integer tensors of ``net`` by file name (``layers.{i}.weight`` / ``layers.{i}.bias``),
+    each in the narrowest signed integer dtype that holds its format."""
+    out = {}
+    for i, layer in enumerate(net.layers):
+        for name, t in layer.int_tensors().items():
+            fmt = layer.weight_format if name == "weight" else layer.bias_format  # type: ignore[union-attr]
+            dt = smallest_int_dtype(fmt.qmin, fmt.qmax)
+            out[f"layers.{i}.{name}"] = t.to(dt).contiguous().numpy()
+    return out
+
+
+def save_model(net: QNetwork, path: str | os.PathLike[str]) -> None:
+    """Write ``net`` to a ``.qnn`` file (atomically: a partial file never replaces a good one)."""
+    header = header_of(net)
+    data = st_save(tensors_of(net), metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def load_model(path: str | os.PathLike[str]) -> QNetwork:
+    """Read a ``.qnn`` file. Raises :class:`ModelFileError` naming the problem for a malformed file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such model file") from None
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read model file ({e.strerror})") from None
+    return model_from_bytes(raw, name=path)
+
+
+def _read_container(raw: bytes, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    if len(raw) < 8:
+        raise ModelFileError(f"{name}: truncated file ({len(raw)} bytes): not a safetensors file")
+    n = int.from_bytes(raw[:8], "little")
+    if n > len(raw) - 8:
+        raise ModelFileError(
+            f"{name}: truncated file: header says {n} bytes of JSON, only {len(raw) - 8} follow"
+        )
+    try:
+        st_header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{name}: the safetensors header is not valid JSON ({e})") from None
+    if not isinstance(st_header, dict):
+        raise ModelFileError(f"{name}: the safetensors header is not a JSON object")
+    meta = st_header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or METADATA_KEY not in meta:
+        raise ModelFileError(
+            f"{name}: no qcert header: the safetensors metadata has no '{METADATA_KEY}' entry"
+        )
+    try:
+        header = json.loads(meta[METADATA_KEY])
+    except (TypeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{name}: the qcert header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{name}: the qcert header is not a JSON object")
+    ends = [
+        v.get("data_offsets", [0, 0])[1]
+        for k, v in st_header.items()
+        if k != "__metadata__" and isinstance(v, dict)
+    ]
+    if ends and max(ends) > len(raw) - 8 - n:
+        raise ModelFileError(
+            f"{name}: truncated file: tensor data needs {max(ends)} bytes, "
+            f"only {len(raw) - 8 - n} present"
+        )
+    try:
+        tensors = st_load(raw)
+    except (SafetensorError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{name}: malformed safetensors data ({e})") from None
+    return header, tensors
+
+
+def _get(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in d:
+        raise ModelFileError(f"{where}: missing key '{key}'")
+    v = d[key]
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise ModelFileError(f"{where}: '{key}' has the wrong type ({type(v).__name__})")
+    return v
+
+
+def _format(d: dict[str, Any], key: str, where: str) -> FixedPointFormat:
+    try:
+        return FixedPointFormat.from_dict(_get(d, key, where, dict))
+    except FormatError as e:
+        raise ModelFileError(f"{where}: {key}: {e}") from None
+
+
+def _int_tensor(
+    tensors: dict[str, np.ndarray],
+    key: str,
+    shape: tuple[int, ...],
+    fmt: FixedPointFormat,
+    where: str,
+) -> torch.Tensor:
+    if key not in tensors:
+        raise ModelFileError(f"{where}: missing tensor '{key}'")
+    a = tensors[key]
+    if a.dtype.type not in INTEGER_DTYPES:
+        raise ModelFileError(
+            f"{where}: tensor '{key}' has dtype {a.dtype}, expected an integer type"
+        )
+    if tuple(a.shape) != shape:
+        raise ModelFileError(
+            f"{where}: tensor '{key}' has shape {tuple(a.shape)}, expected {shape}"
+        )
+    t = torch.from_numpy(a.astype(np.int64))
+    if t.numel() and (int(t.min()) < fmt.qmin or int(t.max()) > fmt.qmax):
+        raise ModelFileError(
+            f"{where}: tensor '{key}' has values in [{int(t.min())}, {int(t.max())}], "
+            f"outside its format {fmt} [{fmt.qmin}, {fmt.qmax}]"
+        )
+    return t
+
+
+def _pair_of(d: dict[str, Any], key: str, where: str) -> tuple[int, int]:
+    v = _get(d, key, where, list)
+    if len(v) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise ModelFileError(f"{where}: '{key}' must be a list of two integers, got {v!r}")
+    return v[0], v[1]
+
+
+def _layer(i: int, d: Any, tensors: dict[str, np.ndarray]) -> QLayer:
+    where = f"layer {i}"
+    if not isinstance(d, dict):
+        raise ModelFileError(f"{where}: not a JSON object")
+    kind = _get(d, "type", where, str)
+    where = f"layer {i} ({kind})"
+    if kind in ("linear", "conv2d"):
+        wf = _format(d, "weight_format", where)
+        bf = None if d.get("bias_format") is None else _format(d, "bias_format", where)
+        if kind == "linear":
+            shape: tuple[int, ...] = (
+                _get(d, "out_features", where, int),
+                _get(d, "in_features", where, int),
+            )
+        else:
+            kh, kw = _pair_of(d, "kernel_size", where)
+            shape = (
+                _get(d, "out_channels", where, int),
+                _get(d, "in_channels", where, int),
+                kh,
+                kw,
+            )
+        w = _int_tensor(tensors, f"layers.{i}.weight", shape, wf, where)
+        b = None if bf is None else _int_tensor(tensors, f"layers.{i}.bias", shape[:1], bf, where)
+        if bf is None and f"layers.{i}.bias" in tensors:
+            raise ModelFileError(f"{where}: tensor 'layers.{i}.bias' present but no bias_format")
+        if kind == "linear":
+            return QLinear.from_int(w, b, wf, bf)
+        return QConv2d.from_int(
+            w, b, wf, bf, _pair_of(d, "stride", where), _pair_of(d, "padding", where)
+        )
+    if kind == "requant":
+        return QRequant(
+            _format(d, "format", where), Rounding.parse(_get(d, "rounding", where, str))
+        )
+    if kind == "flatten":
+        return QFlatten()
+    if kind == "avgpool2d":
+        return QAvgPool2d(_pair_of(d, "kernel_size", where), _pair_of(d, "stride", where))
+    raise ModelFileError(
+        f"{where}: unknown layer type; expected linear, conv2d, requant, flatten or avgpool2d"
+    )
+
+
+def network_from(header: dict[str, Any], tensors: dict[str, np.ndarray], name: str) -> QNetwork:
+    """Build a :class:`QNetwork` from a parsed header and integer tensors, validating both."""
+    if header.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{name}: header 'format' must be '{FORMAT_NAME}'")
+    version = header.get("version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{name}: unsupported format version {version!r} (this qcert reads {FORMAT_VERSION})"
+        )
+    try:
+        inp = _get(header, "input", name, dict)
+        in_shape = _get(inp, "shape", f"{name}: input", list)
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in in_shape):
+            raise ModelFileError(f"{name}: input shape must be positive integers, got {in_shape}")
+        in_fmt = _format(inp, "format", f"{name}: input")
+        in_range = _pair_of(inp, "range", f"{name}: input")
+        layer_dicts = _get(header, "layers", name, list)
+        layers = [_layer(i, d, tensors) for i, d in enumerate(layer_dicts)]
+        known = {f"layers.{i}.{k}" for i in range(len(layers)) for k in ("weight", "bias")}
+        extra = sorted(set(tensors) - known)
+        if extra:
+            raise ModelFileError(f"{name}: unexpected tensors {extra}")
+        classes = header.get("classes")
+        if classes is not None and (
+            not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+        ):
+            raise ModelFileError(f"{name}: 'classes' must be a list of strings")
+        meta = header.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{name}: 'meta' must be a JSON object")
+        return QNetwork(layers, in_shape, in_fmt, in_range, classes, meta)
+    except FormatError as e:
+        raise ModelFileError(f"{name}: {e}") from None
+
+
+def model_from_bytes(raw: bytes, name: str = "<bytes>") -> QNetwork:
+    """Parse the bytes of a ``.qnn`` file."""
+    header, tensors = _read_container(raw, name)
+    return network_from(header, tensors, name)

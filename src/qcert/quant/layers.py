@@ -1,0 +1,484 @@
+"""Quantized layers. Each has two executions of one semantics:
+
+* ``integer(q)``: the reference, exact int64 arithmetic on integer codes;
+* ``fake(v)``: the float simulation on real values ``q * 2**-frac`` (differentiable, clipped STE),
+  bit-exact with ``integer`` when run in float64 on networks whose accumulators stay below 2**53;
+
+plus ``int_bounds(lo, hi)``: exact elementwise int64 interval propagation (the QA-IBP step that
+applies each monotone operation to both bounds). A layer is *bound* by its :class:`QNetwork`, which
+tells it the fractional bits of its input.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qcert.errors import FormatError
+from qcert.quant.format import (
+    FixedPointFormat,
+    Rounding,
+    fake_requantize,
+    requantize,
+    round_float,
+)
+
+Shape = tuple[int, ...]
+
+
+def _pair(v: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        pair = (v, v)
+    elif isinstance(v, tuple | list) and len(v) == 2:
+        pair = (v[0], v[1])
+    else:
+        raise FormatError(f"{name} must be an int or a pair of ints, got {v!r}")
+    if not all(isinstance(p, int) and not isinstance(p, bool) for p in pair):
+        raise FormatError(f"{name} must be integers, got {v!r}")
+    return pair
+
+
+def quantize_weight(w: torch.Tensor, fmt: FixedPointFormat, ste: bool = False) -> torch.Tensor:
+    """Integer codes (as floats) of real weights: round half to even, then saturate.
+
+    With ``ste=True`` the result carries the clipped straight-through gradient.
+    """
+    y = w * (2.0**fmt.frac)
+    r = y + (torch.round(y) - y).detach() if ste else torch.round(y)
+    return torch.clamp(r, fmt.qmin, fmt.qmax)
+
+
+class QLayer(nn.Module):
+    """Base class of the quantized layers."""
+
+    kind: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_frac: int | None = None
+        self.out_frac: int | None = None
+        self.in_shape: Shape | None = None
+        self.out_shape: Shape | None = None
+
+    def bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
+        """Fix the input's shape (without batch) and fractional bits; return the output's."""
+        out_shape, out_frac = self._bind(tuple(in_shape), in_frac)
+        self.in_shape, self.in_frac = tuple(in_shape), in_frac
+        self.out_shape, self.out_frac = out_shape, out_frac
+        return out_shape, out_frac
+
+    def _bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
+        raise NotImplementedError
+
+    def fake(self, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def integer(self, q: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The layer's entry in the model file's JSON header (without tensors)."""
+        return {"type": self.kind}
+
+    def int_tensors(self) -> dict[str, torch.Tensor]:
+        """The integer tensors saved in the model file, by local name."""
+        return {}
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.fake(v)
+
+
+class _Affine(QLayer):
+    """Shared part of :class:`QLinear` and :class:`QConv2d`: ``acc = W q + (b << shift)``."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        weight_format: FixedPointFormat,
+        bias_format: FixedPointFormat | None,
+    ) -> None:
+        super().__init__()
+        if (bias is None) != (bias_format is None):
+            raise FormatError("a bias needs a bias format and a bias format needs a bias")
+        if not 2 <= weight_format.bits <= 16:
+            raise FormatError(f"weight bit width {weight_format.bits} out of range 2..16")
+        self.weight_format = weight_format
+        self.bias_format = bias_format
+        self.weight = nn.Parameter(weight.detach().to(torch.float32).clone())
+        # float64: a bias of up to 32 bits is held exactly
+        self.bias = (
+            nn.Parameter(bias.detach().to(torch.float64).clone()) if bias is not None else None
+        )
+
+    @classmethod
+    def _real(cls, q: torch.Tensor, fmt: FixedPointFormat) -> torch.Tensor:
+        if q.is_floating_point():
+            if not torch.equal(q, torch.round(q)):
+                raise FormatError("integer weights must be whole numbers")
+        if not fmt.contains(q):
+            raise FormatError(f"integer values outside the range of format {fmt}")
+        return q.to(torch.float64) * (2.0**-fmt.frac)
+
+    def int_weight(self) -> torch.Tensor:
+        """The integer weight codes (int64): round half to even and saturate the parameter."""
+        return quantize_weight(self.weight.detach(), self.weight_format).to(torch.int64)
+
+    def int_bias(self) -> torch.Tensor | None:
+        """The integer bias codes (int64) at the bias format, or None."""
+        if self.bias is None:
+            return None
+        assert self.bias_format is not None
+        return quantize_weight(self.bias.detach(), self.bias_format).to(torch.int64)
+
+    @property
+    def acc_frac(self) -> int:
+        assert self.in_frac is not None, "layer is not bound to a network"
+        return self.in_frac + self.weight_format.frac
+
+    def _check_bias_frac(self, in_frac: int) -> None:
+        if (
+            self.bias_format is not None
+            and self.bias_format.frac > in_frac + self.weight_format.frac
+        ):
+            raise FormatError(
+                f"bias has {self.bias_format.frac} fractional bits but the accumulator only "
+                f"{in_frac + self.weight_format.frac}; the bias could not be added exactly"
+            )
+        if self.bias_format is not None:
+            shift = in_frac + self.weight_format.frac - self.bias_format.frac
+            if self.bias_format.bits + shift > 62:
+                raise FormatError(
+                    f"bias format {self.bias_format} shifted by {shift} bits to the accumulator "
+                    "would overflow int64"
+                )
+
+    def fake_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        w = quantize_weight(self.weight, self.weight_format, ste=True) * (
+            2.0**-self.weight_format.frac
+        )
+        return w.to(dtype)
+
+    def fake_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        if self.bias is None:
+            return None
+        assert self.bias_format is not None
+        b = quantize_weight(self.bias, self.bias_format, ste=True) * (2.0**-self.bias_format.frac)
+        return b.to(dtype)
+
+    def int_bias_acc(self) -> torch.Tensor | None:
+        """The bias as an exact integer at the accumulator's scale."""
+        b = self.int_bias()
+        if b is None:
+            return None
+        assert self.bias_format is not None
+        return b << (self.acc_frac - self.bias_format.frac)
+
+    def _affine_int(self, q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def integer(self, q: torch.Tensor) -> torch.Tensor:
+        acc = self._affine_int(q, self.int_weight())
+        b = self.int_bias_acc()
+        if b is not None:
+            acc = acc + b.view(1, -1, *([1] * (acc.dim() - 2)))
+        return acc
+
+    def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.int_weight()
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        new_lo = self._affine_int(lo, wp) + self._affine_int(hi, wn)
+        new_hi = self._affine_int(hi, wp) + self._affine_int(lo, wn)
+        b = self.int_bias_acc()
+        if b is not None:
+            b = b.view(1, -1, *([1] * (new_lo.dim() - 2)))
+            new_lo, new_hi = new_lo + b, new_hi + b
+        return new_lo, new_hi
+
+    def _format_config(self) -> dict[str, Any]:
+        return {
+            "weight_format": self.weight_format.to_dict(),
+            "bias_format": None if self.bias_format is None else self.bias_format.to_dict(),
+        }
+
+    def int_tensors(self) -> dict[str, torch.Tensor]:
+        t = {"weight": self.int_weight()}
+        b = self.int_bias()
+        if b is not None:
+            t["bias"] = b
+        return t
+
+
+class QLinear(_Affine):
+    """``y = W x + b`` with integer ``W`` (out×in) at ``weight_format`` and ``b`` at ``bias_format``.
+
+    The output is the exact accumulator at ``in_frac + weight_format.frac`` fractional bits.
+    """
+
+    kind = "linear"
+
+    @classmethod
+    def from_int(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        weight_format: FixedPointFormat,
+        bias_format: FixedPointFormat | None,
+    ) -> QLinear:
+        """Build from integer codes (the model file's tensors)."""
+        return cls(
+            cls._real(weight, weight_format),
+            None if bias is None else cls._real(bias, bias_format),  # type: ignore[arg-type]
+            weight_format,
+            bias_format,
+        )
+
+    def __init__(self, weight, bias, weight_format, bias_format) -> None:  # noqa: ANN001
+        if weight.dim() != 2:
+            raise FormatError(
+                f"linear weight must be 2-D (out×in), got shape {tuple(weight.shape)}"
+            )
+        if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+            raise FormatError(
+                f"linear bias shape {tuple(bias.shape)} does not match {weight.shape[0]} outputs"
+            )
+        super().__init__(weight, bias, weight_format, bias_format)
+        self.out_features, self.in_features = (int(s) for s in weight.shape)
+
+    def _bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
+        if in_shape != (self.in_features,):
+            raise FormatError(
+                f"linear layer expects {self.in_features} input features, got shape {in_shape}"
+            )
+        self._check_bias_frac(in_frac)
+        return (self.out_features,), in_frac + self.weight_format.frac
+
+    def _affine_int(self, q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return q @ w.t()
+
+    def fake(self, v: torch.Tensor) -> torch.Tensor:
+        return F.linear(v, self.fake_weight(v.dtype), self.fake_bias(v.dtype))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_features}→{self.out_features}, w {self.weight_format}, b {self.bias_format}"
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            **self._format_config(),
+        }
+
+
+class QConv2d(_Affine):
+    """2-D convolution with integer weights (out×in×kh×kw), stride and zero padding."""
+
+    kind = "conv2d"
+
+    @classmethod
+    def from_int(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        weight_format: FixedPointFormat,
+        bias_format: FixedPointFormat | None,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+    ) -> QConv2d:
+        return cls(
+            cls._real(weight, weight_format),
+            None if bias is None else cls._real(bias, bias_format),  # type: ignore[arg-type]
+            weight_format,
+            bias_format,
+            stride,
+            padding,
+        )
+
+    def __init__(  # noqa: D107
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        weight_format: FixedPointFormat,
+        bias_format: FixedPointFormat | None,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+    ) -> None:
+        if weight.dim() != 4:
+            raise FormatError(
+                f"conv2d weight must be 4-D (out×in×kh×kw), got {tuple(weight.shape)}"
+            )
+        if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+            raise FormatError(
+                f"conv2d bias shape {tuple(bias.shape)} does not match {weight.shape[0]} channels"
+            )
+        super().__init__(weight, bias, weight_format, bias_format)
+        self.out_channels, self.in_channels, kh, kw = (int(s) for s in weight.shape)
+        self.kernel_size = (kh, kw)
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        if min(self.stride) < 1 or min(self.padding) < 0:
+            raise FormatError(f"stride must be ≥ 1 and padding ≥ 0, got {stride}, {padding}")
+
+    def _bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
+        if len(in_shape) != 3 or in_shape[0] != self.in_channels:
+            raise FormatError(
+                f"conv2d layer expects input C×H×W with C={self.in_channels}, got shape {in_shape}"
+            )
+        self._check_bias_frac(in_frac)
+        hw = []
+        for size, k, s, p in zip(in_shape[1:], self.kernel_size, self.stride, self.padding):
+            out = (size + 2 * p - k) // s + 1
+            if out < 1:
+                raise FormatError(f"conv2d kernel {self.kernel_size} larger than input {in_shape}")
+            hw.append(out)
+        return (self.out_channels, hw[0], hw[1]), in_frac + self.weight_format.frac
+
+    def _affine_int(self, q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(q, w, None, self.stride, self.padding)
+
+    def fake(self, v: torch.Tensor) -> torch.Tensor:
+        w, b = self.fake_weight(v.dtype), self.fake_bias(v.dtype)
+        return F.conv2d(v, w, b, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}→{self.out_channels}, k={self.kernel_size}, s={self.stride}, "
+            f"p={self.padding}, w {self.weight_format}, b {self.bias_format}"
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            **self._format_config(),
+        }
+
+
+class QRequant(QLayer):
+    """Activation quantizer: shift to ``format`` with ``rounding``, then saturate.
+
+    An unsigned format makes this ReLU with saturation; a signed one saturates only.
+    """
+
+    kind = "requant"
+
+    def __init__(self, format: FixedPointFormat, rounding: Rounding | str = Rounding.HALF_UP):
+        super().__init__()
+        if not 2 <= format.bits <= 16:
+            raise FormatError(f"activation bit width {format.bits} out of range 2..16")
+        self.format = format
+        self.rounding = Rounding.parse(rounding)
+
+    def _bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
+        return in_shape, self.format.frac
+
+    def fake(self, v: torch.Tensor) -> torch.Tensor:
+        return fake_requantize(v, self.format, self.rounding)
+
+    def integer(self, q: torch.Tensor) -> torch.Tensor:
+        assert self.in_frac is not None, "layer is not bound to a network"
+        return requantize(q, self.in_frac, self.format, self.rounding)
+
+    def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.integer(lo), self.integer(hi)
+
+    def config(self) -> dict[str, Any]:
+        return {"type": self.kind, "format": self.format.to_dict(), "rounding": self.rounding.value}
+
+    def extra_repr(self) -> str:
+        return f"{self.format}, rounding={self.rounding.value}"
+
+
+class QFlatten(QLayer):
+    """Flattens C×H×W to one dimension (row-major, as ``torch.flatten``)."""
+
+    kind = "flatten"
+
+    def _bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
+        return (math.prod(in_shape),), in_frac
+
+    def fake(self, v: torch.Tensor) -> torch.Tensor:
+        return v.flatten(1)
+
+    def integer(self, q: torch.Tensor) -> torch.Tensor:
+        return q.flatten(1)
+
+    def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return lo.flatten(1), hi.flatten(1)
+
+
+class QAvgPool2d(QLayer):
+    """Average pooling over windows whose area is a power of two ``2**p``: exact, as a window sum
+    held with ``p`` more fractional bits. No padding."""
+
+    kind = "avgpool2d"
+
+    def __init__(
+        self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None
+    ) -> None:
+        super().__init__()
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        area = self.kernel_size[0] * self.kernel_size[1]
+        if min(self.kernel_size) < 1 or min(self.stride) < 1:
+            raise FormatError(f"avgpool2d kernel and stride must be ≥ 1, got {kernel_size}")
+        if area & (area - 1):
+            raise FormatError(
+                f"avgpool2d kernel {self.kernel_size} has area {area}, not a power of two; "
+                "integer average pooling is exact only for power-of-two window areas"
+            )
+        self.shift = area.bit_length() - 1
+
+    def _bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
+        if len(in_shape) != 3:
+            raise FormatError(f"avgpool2d expects input C×H×W, got shape {in_shape}")
+        hw = [
+            (size - k) // s + 1 for size, k, s in zip(in_shape[1:], self.kernel_size, self.stride)
+        ]
+        if min(hw) < 1:
+            raise FormatError(f"avgpool2d kernel {self.kernel_size} larger than input {in_shape}")
+        return (in_shape[0], hw[0], hw[1]), in_frac + self.shift
+
+    def _window_sum(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return x.unfold(2, kh, sh).unfold(3, kw, sw).sum(dim=(-1, -2))
+
+    def fake(self, v: torch.Tensor) -> torch.Tensor:
+        return self._window_sum(v) * (2.0**-self.shift)
+
+    def integer(self, q: torch.Tensor) -> torch.Tensor:
+        return self._window_sum(q)
+
+    def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._window_sum(lo), self._window_sum(hi)
+
+    def extra_repr(self) -> str:
+        return f"k={self.kernel_size}, s={self.stride}"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+        }
+
+
+def input_quantize(x: torch.Tensor, lo: int, hi: int, ste: bool = True) -> torch.Tensor:
+    """Integer input codes from a float tensor in input units: round half up and clip to
+    ``[lo, hi]`` (identity on valid integer inputs; straight-through gradient for attacks)."""
+    r = x + (round_float(x, Rounding.HALF_UP) - x).detach() if ste else round_float(x, "half_up")
+    return torch.clamp(r, lo, hi)
