@@ -1,0 +1,1 @@
+"""The ``qcert`` command. Each module here that defines ``register(subparsers)`` adds a command."""

@@ -1,0 +1,73 @@
+"""Helpers shared by the command modules: argument types, JSON output, dataset loading."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from rich.console import Console
+
+from qcert.errors import InputError
+
+console = Console(stderr=True)
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def add_dataset_args(p: argparse.ArgumentParser, split: bool = True) -> None:
+    p.add_argument(
+        "--dataset", required=True, help="mnist, digits, mnist-idx, fashion-mnist, cifar10"
+    )
+    p.add_argument("--data-root", default=None, help="folder with the dataset files (IDX, CIFAR)")
+    if split:
+        p.add_argument("--split", default="test", choices=["train", "test"])
+
+
+def load_dataset_for(net: Any, name: str, split: str, root: str | None, n: int | None = None):
+    """Load a dataset and check its image shape against the network's input shape."""
+    from qcert.data import load
+
+    ds = load(name, split, root=root, n=n)
+    shape = tuple(ds.images.shape[1:])
+    if shape != tuple(net.input_shape) and (math.prod(shape),) != tuple(net.input_shape):
+        raise InputError(
+            f"dataset {name} has images of shape {shape}, the model expects {tuple(net.input_shape)}"
+        )
+    images = ds.images.reshape(ds.images.shape[0], *net.input_shape)
+    return images, ds.labels, ds
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
