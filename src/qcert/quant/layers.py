@@ -63,10 +63,16 @@ class QLayer(nn.Module):
         self.out_frac: int | None = None
         self.in_shape: Shape | None = None
         self.out_shape: Shape | None = None
+        self.in_mag: int | None = None
 
-    def bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
-        """Fix the input's shape (without batch) and fractional bits; return the output's."""
+    def bind(self, in_shape: Shape, in_frac: int, in_mag: int | None = None) -> tuple[Shape, int]:
+        """Fix the input's shape (without batch) and fractional bits; return the output's.
+
+        ``in_mag`` bounds ``|input|`` for every input the network can receive (set by QNetwork); an
+        affine layer uses it to prove when a float64 product is exact.
+        """
         out_shape, out_frac = self._bind(tuple(in_shape), in_frac)
+        self.in_mag = in_mag
         self.in_shape, self.in_frac = tuple(in_shape), in_frac
         self.out_shape, self.out_frac = out_shape, out_frac
         return out_shape, out_frac
@@ -77,7 +83,8 @@ class QLayer(nn.Module):
     def fake(self, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def integer(self, q: torch.Tensor) -> torch.Tensor:
+    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+        """Exact int64 output. ``engine`` matters only for affine layers (see ``_affine_int``)."""
         raise NotImplementedError
 
     def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,11 +188,33 @@ class _Affine(QLayer):
         assert self.bias_format is not None
         return b << (self.acc_frac - self.bias_format.frac)
 
-    def _affine_int(self, q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def integer(self, q: torch.Tensor) -> torch.Tensor:
-        acc = self._affine_int(q, self.int_weight())
+    def float64_exact(self) -> bool:
+        """True when ``Σ|W||x|`` stays below 2**53 for every input in the bound ``in_mag`` and every
+        weight in the format: then a float64 product of the integers is exact (every partial sum,
+        in any order, is an integer of smaller magnitude)."""
+        if self.in_mag is None:
+            return False
+        wf = self.weight_format
+        fan_in = math.prod(self.weight.shape[1:])
+        return fan_in * self.in_mag * max(-wf.qmin, wf.qmax) < 1 << 53
+
+    def _affine_int(self, q: torch.Tensor, w: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+        """The bare integer product (linear map or convolution), exact, as int64.
+
+        ``engine="int64"`` computes in int64; ``"auto"`` uses a float64 product where
+        :meth:`float64_exact` proves it exact for the operands (checked), else int64.
+        """
+        if engine == "auto" and self.float64_exact() and q.numel():
+            assert self.in_mag is not None
+            if int(q.abs().max()) <= self.in_mag:
+                return self._op(q.to(torch.float64), w.to(torch.float64)).to(torch.int64)
+        return self._op(q.to(torch.int64), w.to(torch.int64))
+
+    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+        acc = self._affine_int(q, self.int_weight(), engine)
         b = self.int_bias_acc()
         if b is not None:
             acc = acc + b.view(1, -1, *([1] * (acc.dim() - 2)))
@@ -260,8 +289,8 @@ class QLinear(_Affine):
         self._check_bias_frac(in_frac)
         return (self.out_features,), in_frac + self.weight_format.frac
 
-    def _affine_int(self, q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return q @ w.t()
+    def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x @ w.t()
 
     def fake(self, v: torch.Tensor) -> torch.Tensor:
         return F.linear(v, self.fake_weight(v.dtype), self.fake_bias(v.dtype))
@@ -343,8 +372,8 @@ class QConv2d(_Affine):
             hw.append(out)
         return (self.out_channels, hw[0], hw[1]), in_frac + self.weight_format.frac
 
-    def _affine_int(self, q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(q, w, None, self.stride, self.padding)
+    def _op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w, None, self.stride, self.padding)
 
     def fake(self, v: torch.Tensor) -> torch.Tensor:
         w, b = self.fake_weight(v.dtype), self.fake_bias(v.dtype)
@@ -389,7 +418,7 @@ class QRequant(QLayer):
     def fake(self, v: torch.Tensor) -> torch.Tensor:
         return fake_requantize(v, self.format, self.rounding)
 
-    def integer(self, q: torch.Tensor) -> torch.Tensor:
+    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
         assert self.in_frac is not None, "layer is not bound to a network"
         return requantize(q, self.in_frac, self.format, self.rounding)
 
@@ -414,7 +443,7 @@ class QFlatten(QLayer):
     def fake(self, v: torch.Tensor) -> torch.Tensor:
         return v.flatten(1)
 
-    def integer(self, q: torch.Tensor) -> torch.Tensor:
+    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
         return q.flatten(1)
 
     def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -460,7 +489,7 @@ class QAvgPool2d(QLayer):
     def fake(self, v: torch.Tensor) -> torch.Tensor:
         return self._window_sum(v) * (2.0**-self.shift)
 
-    def integer(self, q: torch.Tensor) -> torch.Tensor:
+    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
         return self._window_sum(q)
 
     def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

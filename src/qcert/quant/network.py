@@ -119,7 +119,7 @@ class QNetwork(nn.Module):
         mag = max(abs(lo), abs(hi))  # a bound on |value| that holds for any weights in format
         for i, layer in enumerate(self.layers):
             try:
-                shape, frac = layer.bind(shape, frac)
+                shape, frac = layer.bind(shape, frac, in_mag=mag)
                 mag = _format_magnitude(layer, mag)
             except FormatError as e:
                 raise FormatError(f"layer {i} ({layer.kind}): {e}") from None
@@ -156,15 +156,22 @@ class QNetwork(nn.Module):
         return v
 
     @torch.no_grad()
-    def integer_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def integer_forward(self, x: torch.Tensor, engine: str = "auto") -> torch.Tensor:
         """The reference executor: exact int64 logits (units ``2**-logit_frac``) of integer inputs.
+
+        ``engine="int64"`` does every product in int64; ``"auto"`` (default) computes a linear or
+        convolution product in float64 where a static bound proves every partial sum below 2**53
+        (so the result is the same integers, faster), and in int64 otherwise. Rounding, saturation,
+        biases and pooling are always int64.
 
         Raises :class:`InputError` for a wrong shape, a non-integer tensor or values outside
         ``input_range``.
         """
+        if engine not in ("auto", "int64"):
+            raise InputError(f"engine must be 'auto' or 'int64', got {engine!r}")
         q = self.check_input(x)
         for layer in self.layers:
-            q = layer.integer(q)
+            q = layer.integer(q, engine)
         return q
 
     @torch.no_grad()

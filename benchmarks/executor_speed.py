@@ -1,0 +1,72 @@
+"""Images per second of the int64 reference executor and of the fake-quant forward on MNIST.
+
+Runs both on the same QNetworks (an MLP and a small CNN, 8-bit, converted from float models) over the
+MNIST test set in one process and prints the images/s of each and the ratio fake-quant / reference.
+Usage: python benchmarks/executor_speed.py [--n 10000] [--batch 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from qcert.data import load
+from qcert.quant import from_float
+
+
+def timed(fn, x: torch.Tensor, batch: int) -> float:
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch):
+            fn(x[s : s + batch])
+    return x.shape[0] / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--batch", type=int, default=1000)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    test = load("mnist", "test", n=args.n)
+    models = {
+        "mlp 784-256-128-10": nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(784, 256),
+            nn.ReLU(),
+            nn.Linear(256, 128),
+            nn.ReLU(),
+            nn.Linear(128, 10),
+        ),
+        "cnn (16,5,2) (32,3,2) 100 10": nn.Sequential(
+            nn.Conv2d(1, 16, 5, 2),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32 * 5 * 5, 100),
+            nn.ReLU(),
+            nn.Linear(100, 10),
+        ),
+    }
+    print(
+        f"{'model':32s} {'reference int64':>16s} {'fake-quant f32':>15s} {'fake-quant f64':>15s} {'ratio f32/ref':>14s}"
+    )
+    for name, model in models.items():
+        net = from_float(model.eval(), test.images[:500], bits=8)
+        x = test.images
+        # warm up, and check the two paths agree on this data
+        ref = net.integer_forward(x[:200])
+        assert net.exact_in(torch.float64)
+        assert torch.equal((net(x[:200].double()) * 2.0**net.logit_frac).to(torch.int64), ref)
+        r_ref = timed(net.integer_forward, x, args.batch)
+        r_f32 = timed(lambda b, net=net: net(b.float()), x, args.batch)
+        r_f64 = timed(lambda b, net=net: net(b.double()), x, args.batch)
+        print(f"{name:32s} {r_ref:14.0f}/s {r_f32:13.0f}/s {r_f64:13.0f}/s {r_f32 / r_ref:13.1f}x")
+
+
+if __name__ == "__main__":
+    main()
