@@ -19,16 +19,16 @@ demo: install
 	$(PY) -m qcert.demo
 
 test: install
-	$(VENV)/bin/ruff check src tests benchmarks docs
-	$(VENV)/bin/ruff format --check src tests benchmarks docs
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(PY) -m pytest -q
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
 format: install
-	$(VENV)/bin/ruff format src tests benchmarks docs
-	$(VENV)/bin/ruff check --fix src tests benchmarks docs
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 bench: install
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
