@@ -3,7 +3,7 @@ float PyTorch, and the ``.qnn`` model file."""
 
 from __future__ import annotations
 
-from qcert.quant.convert import from_float
+from qcert.quant.convert import from_float, to_float
 from qcert.quant.format import (
     FixedPointFormat,
     Rounding,
@@ -31,6 +31,7 @@ __all__ = [
     "from_float",
     "load_model",
     "save_model",
+    "to_float",
     "requantize",
     "round_shift",
 ]

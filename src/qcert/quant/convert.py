@@ -235,3 +235,43 @@ def from_float(
             except FormatError as e:
                 raise FormatError(f"{label}: {e}") from None
     return QNetwork(layers, input_shape, input_format, classes=classes)
+
+
+def to_float(net: QNetwork) -> nn.Sequential:
+    """The float twin of a QNetwork: the same dequantized weights in float32 with plain ReLUs.
+
+    Unsigned requantizations become ``ReLU`` (no rounding, no saturation), signed ones disappear,
+    average pooling stays. It takes real inputs ``x_int * 2**-input_format.frac`` and returns real
+    logits. This is the *float* network of the same architecture (e.g. the baseline of float
+    randomized smoothing); it makes no claim about the integer semantics.
+    """
+    mods: list[nn.Module] = []
+    for layer in net.layers:
+        if isinstance(layer, QLinear | QConv2d):
+            w = (layer.int_weight().to(torch.float64) * 2.0**-layer.weight_format.frac).float()
+            b = layer.int_bias()
+            if isinstance(layer, QLinear):
+                m: nn.Module = nn.Linear(layer.in_features, layer.out_features, bias=b is not None)
+            else:
+                m = nn.Conv2d(
+                    layer.in_channels,
+                    layer.out_channels,
+                    layer.kernel_size,
+                    layer.stride,
+                    layer.padding,
+                    bias=b is not None,
+                )
+            with torch.no_grad():
+                m.weight.copy_(w)
+                if b is not None:
+                    assert layer.bias_format is not None
+                    m.bias.copy_((b.to(torch.float64) * 2.0**-layer.bias_format.frac).float())
+            mods.append(m)
+        elif isinstance(layer, QRequant):
+            if not layer.format.signed:
+                mods.append(nn.ReLU())
+        elif isinstance(layer, QAvgPool2d):
+            mods.append(nn.AvgPool2d(layer.kernel_size, layer.stride))
+        elif isinstance(layer, QFlatten):
+            mods.append(nn.Flatten())
+    return nn.Sequential(*mods).eval()
