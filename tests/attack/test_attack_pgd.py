@@ -149,3 +149,13 @@ def test_bad_arguments_raise_clear_errors() -> None:
         pgd_attack(net, lo, hi + 100, y)
     with pytest.raises(InputError, match="x0"):
         pgd_attack(net, lo, hi, y, x0=x[:1])
+
+
+def test_fake_forward_matches_network_forward() -> None:
+    from qcert.attack import FakeForward
+
+    for seed, requant in ((0, False), (1, True)):
+        net = small_net(seed, 3, 4, requant, "half_even")
+        x = torch.rand(64, 3, generator=torch.Generator().manual_seed(seed)) * 20 - 2
+        fast = FakeForward(net)(x)
+        assert torch.equal(fast, net(x) * 2.0**net.logit_frac)

@@ -12,7 +12,15 @@ See ``docs/attack.md``.
 
 from __future__ import annotations
 
-from qcert.attack.base import Attack, AttackResult, Goal, check_box, check_eps, check_labels
+from qcert.attack.base import (
+    Attack,
+    AttackResult,
+    FakeForward,
+    Goal,
+    check_box,
+    check_eps,
+    check_labels,
+)
 from qcert.attack.evaluate import robust_accuracy
 from qcert.attack.pgd import PGD, pgd_attack
 
@@ -20,6 +28,7 @@ __all__ = [
     "PGD",
     "Attack",
     "AttackResult",
+    "FakeForward",
     "Goal",
     "check_box",
     "check_eps",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from qcert.attack.base import Attack, AttackResult, Goal
+from qcert.attack.base import Attack, AttackResult, FakeForward, Goal
 from qcert.errors import InputError
 from qcert.quant.network import QNetwork
 
@@ -120,7 +120,7 @@ class PGD(Attack):
         done: torch.Tensor,
     ) -> None:
         """One restart over (box, target) pairs; updates ``best``, ``best_score``, ``done``."""
-        net = self.net
+        fake = FakeForward(self.net)
         lo_f, hi_f = flo[box].float(), fhi[box].float()
         if start is None:
             u = torch.rand(lo_f.shape, generator=gen)
@@ -132,11 +132,10 @@ class PGD(Attack):
         else:
             half = ((hi_f - lo_f).amax(dim=1, keepdim=True) / 2).clamp(min=0.0)
             alpha = (2.5 * half / max(1, self.steps)).clamp(min=0.25)
-        scale = 2.0**net.logit_frac
         for step in range(self.steps + 1):
             with torch.enable_grad():
                 x.requires_grad_(True)
-                z = net(x.view(-1, *shape)) * scale  # float logits in integer units
+                z = fake(x.view(-1, *shape))  # float logits in integer units
                 c = goal.C[box].to(z.dtype)  # P×T×M×K
                 v = ((c * z[:, None, None, :]).sum(-1) - goal.thr[box].to(z.dtype)).min(-1).values
                 if self.loss == "targeted":
