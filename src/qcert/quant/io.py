@@ -56,10 +56,15 @@ def tensors_of(net: QNetwork) -> dict[str, np.ndarray]:
     return out
 
 
+def model_to_bytes(net: QNetwork) -> bytes:
+    """The bytes of the ``.qnn`` file of ``net`` (see :func:`model_from_bytes`)."""
+    header = header_of(net)
+    return st_save(tensors_of(net), metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
+
+
 def save_model(net: QNetwork, path: str | os.PathLike[str]) -> None:
     """Write ``net`` to a ``.qnn`` file (atomically: a partial file never replaces a good one)."""
-    header = header_of(net)
-    data = st_save(tensors_of(net), metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
+    data = model_to_bytes(net)
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:

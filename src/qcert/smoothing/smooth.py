@@ -1,0 +1,177 @@
+"""Randomized smoothing of a QNetwork: integer-only (discrete Gaussian noise, integer network) and the
+float baseline (Cohen et al.'s continuous Gaussian noise, float twin network).
+
+Units: ``sigma`` and radii are given for inputs scaled to ``[0, 1]`` by ``x / 255`` (Cohen et al.'s
+convention: σ = 0.25 is a standard deviation of 63.75 pixel levels). Internally noise and radii are in
+integer input levels: ``sigma_levels = sigma * LEVELS``, ``radius = radius_levels / LEVELS`` with
+``LEVELS = input_range[1] - input_range[0]`` (255 for 8-bit pixels).
+
+Each sample ``idx`` draws its noise from a generator seeded by ``(seed, idx)``: results do not depend
+on batching, on resuming, or on which worker handles the sample.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qcert.quant import QNetwork, argmax_first, to_float
+from qcert.smoothing.noise import DiscreteGaussian, SmoothingError
+from qcert.smoothing.radius import NOT_CERTIFIED, certified_radius
+from qcert.smoothing.stats import binom_test_abstain, lower_confidence_bound
+
+ABSTAIN = -1
+
+
+def sample_generator(seed: int, idx: int, stage: int) -> torch.Generator:
+    """The generator for sample ``idx`` and stage (0: selection, 1: estimation, 2: predict)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + idx) * 4 + stage)
+
+
+@dataclass
+class CertifyResult:
+    """Outcome of CERTIFY for one input."""
+
+    predict: int  # class, or ABSTAIN
+    radius: float  # certified L2 radius in [0, 1] units (0.0 when abstaining)
+    p_lower: float
+    counts: list[int]
+    noisy_samples: int
+    seconds: float
+
+
+class _Smoothing:
+    """Shared PREDICT / CERTIFY logic (Cohen, Rosenfeld, Kolter, ICML 2019, Algorithm 1/2)."""
+
+    arith = ""
+
+    def __init__(self, net: QNetwork, sigma: float, batch: int = 1000) -> None:
+        if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma > 0):
+            raise SmoothingError(f"sigma must be a positive finite number, got {sigma!r}")
+        if batch < 1:
+            raise SmoothingError(f"batch must be ≥ 1, got {batch}")
+        self.net = net
+        self.sigma = float(sigma)
+        self.levels = net.input_range[1] - net.input_range[0]
+        self.sigma_levels = self.sigma * self.levels
+        self.batch = batch
+        self.dim = math.prod(net.input_shape)
+        self.num_classes = net.num_classes
+
+    def _classify_noisy(self, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def radius(self, p_lower: float) -> float:
+        raise NotImplementedError
+
+    def sample_counts(self, x: torch.Tensor, num: int, generator: torch.Generator) -> np.ndarray:
+        """Class counts of the base classifier on ``num`` noisy copies of ``x`` (one input)."""
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        left = num
+        while left > 0:
+            k = min(self.batch, left)
+            preds = self._classify_noisy(x, k, generator)
+            counts += np.bincount(preds.numpy(), minlength=self.num_classes)
+            left -= k
+        return counts
+
+    def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int = 0, idx: int = 0) -> int:
+        """PREDICT: the top class if a two-sided binomial test at level ``alpha`` says it beats the
+        runner-up, else ABSTAIN. Guarantee (Cohen et al., Thm. 2): returns a class other than
+        ``g(x)`` with probability at most ``alpha``."""
+        counts = self.sample_counts(x, n, sample_generator(seed, idx, 2))
+        top2 = np.argsort(-counts, kind="stable")[:2]
+        n_a, n_b = int(counts[top2[0]]), int(counts[top2[1]])
+        return ABSTAIN if binom_test_abstain(n_a, n_b, alpha) else int(top2[0])
+
+    def certify(
+        self, x: torch.Tensor, n0: int, n: int, alpha: float, seed: int = 0, idx: int = 0
+    ) -> CertifyResult:
+        """CERTIFY: guess ``c_A`` from ``n0`` samples, estimate ``p_A``'s one-sided (1 − alpha)
+        Clopper–Pearson lower bound from ``n`` fresh samples; if the radius is certified return
+        ``c_A`` and the radius, else ABSTAIN. Guarantee: with probability ≥ 1 − alpha over the
+        sampling, a returned ``c_A`` is ``g(x')`` for every input ``x'`` within the radius."""
+        t0 = time.perf_counter()
+        c0 = self.sample_counts(x, n0, sample_generator(seed, idx, 0))
+        c_a = int(np.argmax(c0))  # ties to the smallest index
+        counts = self.sample_counts(x, n, sample_generator(seed, idx, 1))
+        p_lower = lower_confidence_bound(int(counts[c_a]), n, alpha)
+        r = self.radius(p_lower)
+        pred, radius = (c_a, r) if r >= 0 else (ABSTAIN, 0.0)
+        return CertifyResult(
+            pred, radius, p_lower, counts.tolist(), n0 + n, time.perf_counter() - t0
+        )
+
+
+class IntegerSmoothing(_Smoothing):
+    """Integer-arithmetic-only smoothing (Lin et al., ICCV 2021): base classifier
+    ``f(x) = argmax integer_forward(clamp(x + δ))`` with ``δ`` discrete Gaussian on the integers.
+
+    The radius is :func:`qcert.smoothing.radius.certified_radius` for the noise actually sampled
+    (sound for integer perturbations, in any dimension; see docs/smoothing.md), divided by LEVELS.
+    ``logits_fn`` replaces the reference executor by another exact integer engine (e.g. the
+    exported ONNX graph in onnxruntime); it must return the same int64 logits.
+    """
+
+    arith = "int"
+
+    def __init__(
+        self,
+        net: QNetwork,
+        sigma: float,
+        batch: int = 1000,
+        logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(net, sigma, batch)
+        self.noise = DiscreteGaussian(self.sigma_levels)
+        self.logits_fn = logits_fn or net.integer_forward
+
+    def _classify_noisy(self, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+        lo, hi = self.net.input_range
+        delta = self.noise.sample((k, *x.shape), g)
+        noisy = (x.to(torch.int64).unsqueeze(0) + delta).clamp_(lo, hi)
+        return argmax_first(self.logits_fn(noisy))
+
+    def radius(self, p_lower: float) -> float:
+        r = certified_radius(p_lower, self.noise, self.dim)
+        return NOT_CERTIFIED if r < 0 else r / self.levels
+
+
+class FloatSmoothing(_Smoothing):
+    """Cohen et al.'s float smoothing: continuous Gaussian noise on the real input, the float twin
+    network (:func:`qcert.quant.to_float`), radius ``σ Φ⁻¹(p_lower)``. The baseline; its guarantee
+    is about the float network, not the integer one."""
+
+    arith = "float"
+
+    def __init__(self, net: QNetwork, sigma: float, batch: int = 1000) -> None:
+        super().__init__(net, sigma, batch)
+        self.model = to_float(net)
+        self.scale = 2.0**-net.input_format.frac
+
+    @torch.no_grad()
+    def _classify_noisy(self, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+        noise = torch.randn((k, *x.shape), generator=g) * self.sigma_levels
+        noisy = (x.to(torch.float32).unsqueeze(0) + noise) * self.scale
+        return self.model(noisy).argmax(dim=1)
+
+    def radius(self, p_lower: float) -> float:
+        from scipy.stats import norm
+
+        return self.sigma * float(norm.ppf(p_lower)) if p_lower > 0.5 else NOT_CERTIFIED
+
+
+def make_smoothing(
+    net: QNetwork, sigma: float, arith: str = "int", batch: int = 1000, **kw
+) -> IntegerSmoothing | FloatSmoothing:
+    """The smoothed classifier for ``arith`` ``"int"`` or ``"float"``."""
+    if arith == "int":
+        return IntegerSmoothing(net, sigma, batch, **kw)
+    if arith == "float":
+        return FloatSmoothing(net, sigma, batch)
+    raise SmoothingError(f"arith must be 'int' or 'float', got {arith!r}")

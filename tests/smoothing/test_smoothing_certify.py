@@ -1,0 +1,121 @@
+"""PREDICT / CERTIFY pipeline: determinism, resumable TSV, radius bookkeeping, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from scipy.stats import norm
+
+from qcert import save_model
+from qcert.cli.main import main
+from qcert.data import load
+from qcert.errors import InputError, QcertError
+from qcert.quant import FixedPointFormat, QFlatten, QLinear, QNetwork, QRequant
+from qcert.smoothing.radius import certified_radius
+from qcert.smoothing.run import COLUMNS, certify_dataset, predict_dataset, read_rows
+from qcert.smoothing.smooth import ABSTAIN, FloatSmoothing, IntegerSmoothing
+
+
+def digits_net(constant: bool = False) -> QNetwork:
+    g = torch.Generator().manual_seed(0)
+    w = FixedPointFormat(8, True, 7)
+    w1 = torch.randint(-128, 128, (16, 64), generator=g)
+    w2 = torch.randint(-128, 128, (10, 16), generator=g)
+    b2 = None
+    if constant:  # class 3 always wins: zero weights, a bias for class 3
+        w1, w2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        b2 = torch.zeros(10, dtype=torch.int64)
+        b2[3] = 5
+    bf = FixedPointFormat(8, True, 0) if constant else None
+    return QNetwork(
+        [
+            QFlatten(),
+            QLinear.from_int(w1, None, w, None),
+            QRequant(FixedPointFormat(8, False, 4)),
+            QLinear.from_int(w2, b2, w, bf),
+        ],
+        (1, 8, 8),
+    )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits", "test", n=12)
+
+
+def test_constant_classifier_radius_bookkeeping(digits) -> None:
+    net = digits_net(constant=True)
+    x = digits.images[0]
+    n, alpha = 2000, 0.001
+    s = IntegerSmoothing(net, 0.25, batch=512)
+    res = s.certify(x, 50, n, alpha, seed=1, idx=0)
+    assert res.predict == 3 and res.counts[3] == n
+    p_lower = alpha ** (1 / n)  # Clopper–Pearson lower bound when every sample is class 3
+    assert res.p_lower == pytest.approx(p_lower, rel=1e-9)
+    want = certified_radius(p_lower, s.noise, 64) / 255
+    assert res.radius == pytest.approx(want) and 0 < res.radius < 0.25 * norm.ppf(p_lower)
+    f = FloatSmoothing(net, 0.25, batch=512).certify(x, 50, n, alpha)
+    assert f.predict == 3 and f.radius == pytest.approx(0.25 * norm.ppf(p_lower))
+
+
+def test_noise_is_integer_and_clamped(digits) -> None:
+    net = digits_net()
+    s = IntegerSmoothing(net, 0.5)
+    seen = []
+    s.logits_fn = lambda q: (seen.append(q), net.integer_forward(q))[1]
+    s.sample_counts(digits.images[0], 300, torch.Generator().manual_seed(0))
+    q = torch.cat(seen)
+    assert q.dtype == torch.int64 and int(q.min()) >= 0 and int(q.max()) <= 255
+    assert float((q - digits.images[0].to(torch.int64)).float().std()) > 30  # noise really added
+
+
+def test_certify_is_deterministic_and_resumes(digits, tmp_path) -> None:
+    net = digits_net()
+    kw = dict(n=400, n0=20, alpha=0.01, batch=128, seed=3)
+    once = tmp_path / "once.tsv"
+    full = certify_dataset(net, digits.images, digits.labels, 0.12, out=once, n_samples=6, **kw)
+    part = tmp_path / "part.tsv"
+    certify_dataset(net, digits.images, digits.labels, 0.12, out=part, n_samples=3, **kw)
+    with open(part, "a") as f:
+        f.write("3\t1\t")  # a row cut short by an interruption
+    resumed = certify_dataset(net, digits.images, digits.labels, 0.12, out=part, n_samples=6, **kw)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert strip(read_rows(once)) == strip(read_rows(part))
+    assert [r["idx"] for r in read_rows(part)] == list(range(6))
+    assert resumed["certified_acc"] == full["certified_acc"]
+    assert open(once).readline().strip().split("\t") == COLUMNS
+    for row in read_rows(once):
+        assert row["predict"] == ABSTAIN or row["correct"] == int(row["predict"] == row["label"])
+        assert row["radius"] >= 0 and (row["predict"] != ABSTAIN or row["radius"] == 0)
+
+
+def test_predict_and_errors(digits, tmp_path) -> None:
+    net = digits_net()
+    out = predict_dataset(net, digits.images, digits.labels, 0.12, n=300, n_samples=4)
+    assert out["n"] == 4 and 0 <= out["accuracy"] <= 1
+    with pytest.raises(QcertError):
+        IntegerSmoothing(net, 0.0)
+    with pytest.raises(QcertError):
+        certify_dataset(net, digits.images, digits.labels, 0.25, alpha=1.5)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\n")
+    with pytest.raises(InputError, match="not a smoothing TSV"):
+        certify_dataset(net, digits.images, digits.labels, 0.25, out=bad, n=10, n_samples=1)
+
+
+def test_cli_certify_json_and_tsv(tmp_path, capsys) -> None:
+    path = tmp_path / "m.qnn"
+    save_model(digits_net(), path)
+    tsv = tmp_path / "r.tsv"
+    argv = ["smooth", "certify", str(path), "--dataset", "digits", "--sigma", "0.25", "--n", "200"]
+    argv += ["--n0", "20", "--n-samples", "3", "--out", str(tsv), "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["certified_acc"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    assert summary["arith"] == "int" and summary["n"] == 3
+    assert len(read_rows(tsv)) == 3 and json.loads((tmp_path / "r.tsv.json").read_text())["n"] == 3
+    argv = ["smooth", "predict", str(path), "--dataset", "digits", "--sigma", "0.25", "--n", "100"]
+    assert main([*argv, "--n-samples", "2", "--arith", "float", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["arith"] == "float"
