@@ -1,0 +1,32 @@
+"""Training of quantized networks: QA-IBP certified training (Lechner et al., AAAI 2023) and the
+baselines ``qat``, ``float`` and ``float-ibp``; architectures by name, schedules, checkpoints.
+
+>>> from qcert.train import TrainConfig, train
+>>> res = train(TrainConfig(dataset="digits", out="runs/demo", method="qa-ibp", eps=1, epochs=5))
+>>> res.metrics["ibp_certified_acc"]["1"]
+
+See ``docs/training.md``.
+"""
+
+from __future__ import annotations
+
+from qcert.train.archs import ARCHS, ConfigError, build_float, build_qnetwork
+from qcert.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from qcert.train.config import METHODS, TrainConfig
+from qcert.train.evaluate import certified_flags, evaluate_network
+from qcert.train.loop import TrainResult, train
+
+__all__ = [
+    "ARCHS",
+    "CHECKPOINT_NAME",
+    "METHODS",
+    "ConfigError",
+    "TrainConfig",
+    "TrainResult",
+    "build_float",
+    "build_qnetwork",
+    "certified_flags",
+    "evaluate_network",
+    "load_checkpoint",
+    "train",
+]
