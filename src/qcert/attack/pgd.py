@@ -37,6 +37,8 @@ class PGD(Attack):
         loss: ``"targeted"`` (one run per goal target, i.e. per wrong class, maximising
             ``z_j - z_y``) or ``"margin"`` (one run maximising the CW margin
             ``max_j (z_j - z_y)``; ``K-1`` times cheaper).
+        fake: a prebuilt :class:`FakeForward` of ``net`` (built on first use otherwise; the
+            attack object must not outlive a change of the network's weights).
 
     Shapes: ``lo``, ``hi``, ``x0``: int64 B×input_shape; ``labels``: int64 B.
 
@@ -57,6 +59,7 @@ class PGD(Attack):
         step_size: float | None = None,
         seed: int = 0,
         loss: str = "targeted",
+        fake: FakeForward | None = None,
     ) -> None:
         super().__init__(net)
         for name, v in (("steps", steps), ("restarts", restarts)):
@@ -69,6 +72,7 @@ class PGD(Attack):
         self.steps, self.restarts = steps, restarts
         self.step_size = None if step_size is None else float(step_size)
         self.seed, self.loss = int(seed), loss
+        self._fake = fake
 
     @torch.no_grad()
     def search(
@@ -120,7 +124,8 @@ class PGD(Attack):
         done: torch.Tensor,
     ) -> None:
         """One restart over (box, target) pairs; updates ``best``, ``best_score``, ``done``."""
-        fake = FakeForward(self.net)
+        fake = self._fake if self._fake is not None else FakeForward(self.net)
+        self._fake = fake
         lo_f, hi_f = flo[box].float(), fhi[box].float()
         if start is None:
             u = torch.rand(lo_f.shape, generator=gen)

@@ -1,0 +1,133 @@
+"""``qcert verify MODEL``: complete verification of the integer network.
+
+Dataset mode (``--dataset NAME --eps E``): one JSON line per sample, written as soon as it is
+decided (``--out FILE.jsonl``; rerunning with the same file skips the samples already there).
+VNN-LIB mode (``--vnnlib PROP.vnnlib``): prints ``unsat`` / ``sat`` / ``timeout`` on the first line,
+then for ``sat`` the counterexample in the VNN-COMP format (also written to ``--cex FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from qcert.cli.common import (
+    finite_float,
+    load_dataset_for,
+    nonneg_int,
+    positive_int,
+    print_json,
+)
+from qcert.errors import InputError
+from qcert.progress import progress_task
+from qcert.quant import load_model
+from qcert.verify import RULES, BabOptions, verify_dataset
+from qcert.verify.split import parse_rule
+from qcert.verify.vnnlib import verify_vnnlib
+
+
+def _split_rule(text: str) -> str:
+    try:
+        parse_rule(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="complete verification (branch and bound or MILP), datasets or VNN-LIB",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="path to a .qnn file")
+    p.add_argument(
+        "--dataset", default=None, help="mnist, digits, mnist-idx, fashion-mnist, cifar10"
+    )
+    p.add_argument("--data-root", default=None, help="folder with the dataset files (IDX, CIFAR)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--eps", type=nonneg_int, default=None, help="L∞ radius in input integer steps")
+    p.add_argument("--n", type=positive_int, default=None, help="number of samples")
+    p.add_argument("--start", type=nonneg_int, default=0, help="index of the first sample")
+    p.add_argument("--vnnlib", default=None, help="a VNN-LIB property file instead of a dataset")
+    p.add_argument("--cex", default=None, help="VNN-LIB mode: write the result/counterexample here")
+    p.add_argument("--timeout", type=finite_float, default=20.0, help="seconds per query")
+    p.add_argument("--method", choices=["bab", "milp"], default="bab")
+    p.add_argument(
+        "--split-rule",
+        type=_split_rule,
+        default=None,
+        help=f"branch-and-bound split rule: {', '.join(RULES)} (bound:K tries K dimensions)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON Lines file of per-sample results (resumable)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    net = load_model(args.model)
+    options = BabOptions(seed=args.seed, **({"split": args.split_rule} if args.split_rule else {}))
+    if args.vnnlib is not None:
+        if args.dataset is not None or args.eps is not None:
+            raise InputError("--vnnlib takes no --dataset or --eps")
+        res = verify_vnnlib(
+            net, Path(args.vnnlib), timeout=args.timeout, method=args.method, options=options
+        )
+        text = res.vnncomp()
+        sys.stdout.write(text)
+        if args.cex:
+            Path(args.cex).write_text(text)
+        return 0
+    if args.dataset is None or args.eps is None:
+        raise InputError("give --dataset and --eps (or --vnnlib PROP.vnnlib)")
+    n = None if args.n is None else args.start + args.n
+    images, labels, _ = load_dataset_for(net, args.dataset, args.split, args.data_root, n)
+    if args.start >= images.shape[0]:
+        raise InputError(f"--start {args.start} is past the {images.shape[0]} samples")
+    total = images.shape[0] - args.start
+    counts = {"robust": 0, "vulnerable": 0, "timeout": 0, "misclassified": 0}
+    t0 = time.perf_counter()
+    with progress_task(f"verify ε={args.eps}", total, enabled=None if not args.json else False) as (
+        prog,
+        task,
+    ):
+
+        def on_result(rec: dict) -> None:
+            counts[rec["verdict"]] += 1
+            if prog is not None:
+                prog.update(
+                    task,
+                    advance=1,
+                    status=" ".join(f"{k[:4]} {v}" for k, v in counts.items()),
+                )
+            if not args.json and args.out is None:
+                print(json.dumps(rec), flush=True)
+
+        summary = verify_dataset(
+            net,
+            images,
+            labels,
+            args.eps,
+            out=args.out,
+            start=args.start,
+            timeout=args.timeout,
+            method=args.method,
+            options=options,
+            on_result=on_result,
+            extra={"model": Path(args.model).stem},
+        )
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    if args.json:
+        print_json(summary)
+    else:
+        print(
+            f"certified {summary['robust']}/{summary['n']} ({summary['certified_acc']:.4f}) at "
+            f"eps={args.eps}: vulnerable {summary['vulnerable']}, timeout {summary['timeout']}, "
+            f"misclassified {summary['misclassified']}; median {summary['median_seconds']:.3f} s"
+        )
+    return 0

@@ -1,0 +1,233 @@
+"""Exact QA-IBP bounds of a specification's rows over batches of integer input boxes.
+
+The same interval propagation as :meth:`QNetwork.int_bounds` (each monotone step applied to both
+bounds), with the last linear layer fused with the specification matrix (``A z = (A W) h + A b``, as
+``qcert.bounds.margin_lower_bounds`` fuses the margin matrix). Two engines compute the same integers:
+
+* ``int64``: the network's own ``int_bounds`` and int64 products (the reference);
+* ``float64``: centre/radius products ``W (l+u)`` and ``|W| (u-l)`` in float64, used only when a
+  static bound over the whole input range proves every intermediate value is an integer of magnitude
+  below ``2**52`` (then every float64 sum and product is exact, in any order). Tests check both
+  engines agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from qcert.errors import InputError
+from qcert.quant.format import round_float
+from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLinear, QRequant
+from qcert.quant.network import QNetwork
+from qcert.verify.spec import OutputSpec
+
+EXACT = float(1 << 52)
+INT64_SAFE = float(1 << 61)
+
+Step = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+class NetBounds:
+    """The part of the bound computation that depends on the network only (build once per
+    network, reuse for every query): the layers before the fused last linear layer, their
+    magnitudes over the whole input range, and the float64 steps where those prove exactness.
+
+    Args:
+        net: the network (its weights must not change while this object is used).
+        engine: ``"auto"`` (float64 where proven exact, else int64) or ``"int64"``.
+    """
+
+    def __init__(self, net: QNetwork, engine: str = "auto") -> None:
+        if engine not in ("auto", "int64"):
+            raise InputError(f"engine must be 'auto' or 'int64', got {engine!r}")
+        self.net = net
+        layers = list(net.layers)
+        self.fused = isinstance(layers[-1], QLinear)
+        self.prefix = layers[:-1] if self.fused else layers
+        self.last_w: torch.Tensor | None = None
+        self.last_b: torch.Tensor | None = None
+        if self.fused:
+            last = layers[-1]
+            assert isinstance(last, QLinear)
+            self.last_w, self.last_b = last.int_weight(), last.int_bias_acc()
+        # magnitudes over the whole input range (a superset of every box's bounds)
+        lo_v, hi_v = net.input_range
+        full_lo = torch.full((1, *net.input_shape), lo_v, dtype=torch.int64)
+        full_hi = torch.full((1, *net.input_shape), hi_v, dtype=torch.int64)
+        mags = [torch.maximum(full_lo.abs(), full_hi.abs()).to(torch.float64)]
+        for (l, u), _ in zip(net.int_bounds(full_lo, full_hi), self.prefix):
+            mags.append(torch.maximum(l.abs(), u.abs()).to(torch.float64))
+        self.h_mag = mags[len(self.prefix)].reshape(-1)
+        self.steps = self._float_steps(mags) if engine == "auto" else None
+
+    def _float_steps(self, mags: list[torch.Tensor]) -> list[Step] | None:
+        steps: list[Step] = []
+        for layer, m in zip(self.prefix, mags):
+            if isinstance(layer, QLinear | QConv2d):
+                w = layer.int_weight().to(torch.float64)
+                b = layer.int_bias_acc()
+                b2 = None if b is None else 2.0 * b.to(torch.float64)
+                if isinstance(layer, QLinear):
+
+                    def op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                        return x @ w.t()
+
+                    bview = b2
+                else:
+                    conv = layer
+
+                    def op(x: torch.Tensor, w: torch.Tensor, conv: QConv2d = conv) -> torch.Tensor:
+                        return F.conv2d(x, w, None, conv.stride, conv.padding)
+
+                    bview = None if b2 is None else b2.view(1, -1, 1, 1)
+                peak = op(2 * m, w.abs())
+                if bview is not None:
+                    peak = peak + bview.abs()
+                if float(peak.max()) >= EXACT:
+                    return None
+                steps.append(_affine_step(op, w, w.abs(), bview))
+            elif isinstance(layer, QRequant):
+                assert layer.in_frac is not None
+                shift = layer.in_frac - layer.format.frac
+                if float(m.max()) * max(1.0, 2.0**-shift) >= EXACT:
+                    return None
+                steps.append(_requant_step(shift, layer))
+            elif isinstance(layer, QFlatten):
+                steps.append(lambda l, u: (l.flatten(1), None if u is None else u.flatten(1)))
+            elif isinstance(layer, QAvgPool2d):
+                if float(m.max()) * layer.kernel_size[0] * layer.kernel_size[1] >= EXACT:
+                    return None
+                steps.append(
+                    lambda l, u, p=layer: (p.integer(l), None if u is None else p.integer(u))
+                )
+            else:
+                return None
+        return steps
+
+    def prefix_bounds(
+        self, lo: torch.Tensor, hi: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact bounds (flat, float64 or int64) of the input of the fused last layer."""
+        shape = (-1, *self.net.input_shape)
+        lo, hi = lo.reshape(shape), hi.reshape(shape)
+        if self.steps is not None:
+            l: torch.Tensor = lo.to(torch.float64)
+            u: torch.Tensor | None = hi.to(torch.float64)
+            for step in self.steps:
+                l, u = step(l, u)
+            assert u is not None
+            return l.flatten(1), u.flatten(1)
+        if self.prefix:
+            l, u = self.net.int_bounds(lo, hi, upto=len(self.prefix))[-1]
+        else:
+            l, u = lo, hi
+        return l.flatten(1), u.flatten(1)
+
+    def prefix_values(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact values (flat, float64 or int64) of the input of the fused last layer."""
+        x = x.reshape(-1, *self.net.input_shape)
+        if self.steps is not None:
+            v: torch.Tensor = x.to(torch.float64)
+            for step in self.steps:
+                v, _ = step(v, None)
+            return v.flatten(1)
+        h = x
+        for layer in self.prefix:
+            h = layer.integer(h)
+        return h.flatten(1)
+
+
+class SpecBounds:
+    """Upper bounds and exact values of a specification's rows ``A_r · z`` over integer boxes
+    and points (int64 results).
+
+    Args:
+        net: the network, or a prebuilt :class:`NetBounds` of it.
+        spec: the output specification (rows ``A``).
+        engine: ``"auto"`` or ``"int64"`` (ignored when ``net`` is a :class:`NetBounds`).
+    """
+
+    def __init__(self, net: QNetwork | NetBounds, spec: OutputSpec, engine: str = "auto") -> None:
+        nb = net if isinstance(net, NetBounds) else NetBounds(net, engine)
+        if spec.num_classes != nb.net.num_classes:
+            raise InputError(
+                f"the specification is over {spec.num_classes} outputs, the network has "
+                f"{nb.net.num_classes}"
+            )
+        self.nb, self.net, self.spec = nb, nb.net, spec
+        a = spec.A
+        if nb.fused:
+            assert nb.last_w is not None
+            self.M = a @ nb.last_w  # R×D, exact int64 (|A| <= 2**40, |W| <= 2**15, K small)
+            b = nb.last_b
+            self.c = a @ b if b is not None else torch.zeros(a.shape[0], dtype=torch.int64)
+        else:
+            self.M = a
+            self.c = torch.zeros(a.shape[0], dtype=torch.int64)
+        spec_mag = float(
+            (self.M.abs().to(torch.float64) @ (2 * nb.h_mag)).max() + 2 * float(self.c.abs().max())
+        )
+        if spec_mag >= INT64_SAFE:
+            raise InputError(
+                "the specification's coefficients are too large: its bounds could overflow int64"
+            )
+        self.float64 = nb.steps is not None and spec_mag < EXACT
+        self.engine = "float64" if self.float64 else "int64"
+        self.M64 = self.M.to(torch.float64)
+        self.Mabs64 = self.M64.abs()
+        self.Mpos, self.Mneg = self.M.clamp(min=0), self.M.clamp(max=0)
+
+    @torch.no_grad()
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact values (int64 N×R) of every spec row ``A_r · z`` at the integer points ``x``
+        (int64, N×input_shape or flattened, already validated)."""
+        h = self.nb.prefix_values(x)
+        if self.float64:
+            return (h @ self.M64.t()).to(torch.int64) + self.c
+        return h.to(torch.int64) @ self.M.t() + self.c
+
+    @torch.no_grad()
+    def upper(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Exact upper bounds (int64 B×R) of every spec row over the integer boxes ``[lo, hi]``
+        (int64, B×input_shape or flattened, already validated)."""
+        l, u = self.nb.prefix_bounds(lo, hi)
+        if self.float64:
+            ub = ((u + l) @ self.M64.t() + (u - l) @ self.Mabs64.t()) * 0.5
+            return ub.to(torch.int64) + self.c
+        l, u = l.to(torch.int64), u.to(torch.int64)
+        return u @ self.Mpos.t() + l @ self.Mneg.t() + self.c
+
+
+def _affine_step(
+    op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    w: torch.Tensor,
+    wabs: torch.Tensor,
+    b2: torch.Tensor | None,
+) -> Step:
+    b1 = None if b2 is None else b2 * 0.5
+
+    def step(l: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if u is None:  # a point: the exact image
+            v = op(l, w)
+            return (v if b1 is None else v + b1), None
+        s = op(u + l, w)  # 2 × centre image
+        if b2 is not None:
+            s = s + b2
+        r = op(u - l, wabs)  # 2 × radius image
+        return (s - r) * 0.5, (s + r) * 0.5
+
+    return step
+
+
+def _requant_step(shift: int, layer: QRequant) -> Step:
+    scale = 2.0**-shift
+    qmin, qmax, rounding = layer.format.qmin, layer.format.qmax, layer.rounding
+
+    def step(l: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        lo = round_float(l * scale, rounding).clamp(qmin, qmax)
+        return lo, None if u is None else round_float(u * scale, rounding).clamp(qmin, qmax)
+
+    return step

@@ -1,0 +1,353 @@
+"""VNN-LIB properties on the integer network (the VNN-COMP subset: box inputs, linear outputs).
+
+Conventions (see docs/verify.md): ``X_i`` is the integer input code of the flattened input element
+``i`` (row-major over ``net.input_shape``) and ``Y_j`` the integer logit ``j`` (what
+``net.integer_forward`` returns). Input bounds must be integers (points on the input grid); they are
+intersected with the network's input range, and an input without a bound takes the whole range.
+The output assertions describe the *unsafe* region; the answer is ``sat`` (a counterexample exists,
+re-checked with the reference executor), ``unsat`` (proven safe) or ``timeout``.
+
+Supported: ``declare-const``, ``assert`` with ``<=``, ``>=``, ``<``, ``>``, ``and``, ``or`` over
+``X``/``Y`` variables and numbers (integers, decimals, exponents), linear terms with ``+``, ``-``
+and ``*`` by a constant. Input constraints must be bounds of single variables, at the top level or
+in a top-level ``and``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Union
+
+import torch
+
+from qcert.errors import InputError
+from qcert.quant.network import QNetwork
+from qcert.verify.bab import SAFE, UNSAFE, BabOptions, bab_search
+from qcert.verify.milp import milp_search
+from qcert.verify.sample import check_method, check_timeout
+from qcert.verify.spec import OutputSpec
+
+
+class VnnlibError(InputError):
+    """A VNN-LIB file is malformed or outside the supported subset."""
+
+
+SExpr = Union[str, list["SExpr"]]  # noqa: UP007 (a recursive alias needs Union at runtime)
+MAX_DISJUNCTS = 10_000
+_NUM = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_VAR = re.compile(r"^([XY])_(\d+)$")
+
+
+def _tokens(text: str) -> list[str]:
+    text = re.sub(r";[^\n]*", " ", text)
+    return text.replace("(", " ( ").replace(")", " ) ").split()
+
+
+def parse_sexprs(text: str) -> list[SExpr]:
+    """The top-level s-expressions of a text (comments ``;`` removed)."""
+    toks = _tokens(text)
+    out: list[SExpr] = []
+    stack: list[list[SExpr]] = []
+    for t in toks:
+        if t == "(":
+            stack.append([])
+        elif t == ")":
+            if not stack:
+                raise VnnlibError("unbalanced parentheses: an extra ')'")
+            done = stack.pop()
+            (stack[-1] if stack else out).append(done)
+        else:
+            if not stack:
+                raise VnnlibError(f"unexpected atom {t!r} outside parentheses")
+            stack[-1].append(t)
+    if stack:
+        raise VnnlibError("unbalanced parentheses: a '(' is never closed")
+    return out
+
+
+def _number(tok: str) -> Fraction:
+    if not _NUM.match(tok):
+        raise VnnlibError(f"not a number or declared variable: {tok!r}")
+    return Fraction(tok)
+
+
+Linear = tuple[dict[str, Fraction], Fraction]  # coefficients by variable, constant
+
+
+def _linear(e: SExpr, declared: set[str]) -> Linear:
+    if isinstance(e, str):
+        if e in declared:
+            return {e: Fraction(1)}, Fraction(0)
+        if _VAR.match(e):
+            raise VnnlibError(f"variable {e} is used but not declared")
+        return {}, _number(e)
+    if not e or not isinstance(e[0], str):
+        raise VnnlibError(f"malformed term {_show(e)}")
+    op, args = e[0], [_linear(a, declared) for a in e[1:]]
+    if op == "+" and args:
+        return _add(args)
+    if op == "-" and len(args) == 1:
+        return _scale(args[0], Fraction(-1))
+    if op == "-" and len(args) >= 2:
+        return _add([args[0], *[_scale(a, Fraction(-1)) for a in args[1:]]])
+    if op == "*" and len(args) == 2:
+        (ca, ka), (cb, kb) = args
+        if ca and cb:
+            raise VnnlibError(f"non-linear product {_show(e)}")
+        return _scale((cb, kb), ka) if not ca else _scale((ca, ka), kb)
+    raise VnnlibError(f"unsupported term {_show(e)}")
+
+
+def _add(terms: list[Linear]) -> Linear:
+    coefs: dict[str, Fraction] = {}
+    const = Fraction(0)
+    for c, k in terms:
+        for v, a in c.items():
+            coefs[v] = coefs.get(v, Fraction(0)) + a
+        const += k
+    return {v: a for v, a in coefs.items() if a != 0}, const
+
+
+def _scale(t: Linear, f: Fraction) -> Linear:
+    return {v: a * f for v, a in t[0].items() if a * f != 0}, t[1] * f
+
+
+def _show(e: SExpr) -> str:
+    return e if isinstance(e, str) else "(" + " ".join(_show(a) for a in e) + ")"
+
+
+# an atom: (coefs over variables, op, rhs) meaning coefs·v op rhs
+Atom = tuple[dict[str, Fraction], str, Fraction]
+
+
+def _formula(e: SExpr, declared: set[str]) -> list[list[Atom]]:
+    """A formula in disjunctive normal form: a list of conjunctions of atoms."""
+    if isinstance(e, str) or not e or not isinstance(e[0], str):
+        raise VnnlibError(f"malformed assertion {_show(e)}")
+    op = e[0]
+    if op in ("<=", ">=", "<", ">"):
+        if len(e) != 3:
+            raise VnnlibError(f"{op} needs two arguments in {_show(e)}")
+        (ca, ka), (cb, kb) = _linear(e[1], declared), _linear(e[2], declared)
+        coefs, const = _add([(ca, ka), _scale((cb, kb), Fraction(-1))])
+        return [[(coefs, op, -const)]]
+    if op == "and":
+        dnf: list[list[Atom]] = [[]]
+        for a in e[1:]:
+            sub = _formula(a, declared)
+            dnf = [c + s for c in dnf for s in sub]
+            if len(dnf) > MAX_DISJUNCTS:
+                raise VnnlibError(f"the property expands to more than {MAX_DISJUNCTS} disjuncts")
+        return dnf
+    if op == "or":
+        if len(e) < 2:
+            raise VnnlibError("an empty (or) is unsatisfiable; not supported")
+        out = [c for a in e[1:] for c in _formula(a, declared)]
+        if len(out) > MAX_DISJUNCTS:
+            raise VnnlibError(f"the property expands to more than {MAX_DISJUNCTS} disjuncts")
+        return out
+    raise VnnlibError(f"unsupported operator {op!r} in {_show(e)}")
+
+
+@dataclass
+class VnnlibProperty:
+    """A parsed property: the integer input box and the unsafe output region."""
+
+    lo: torch.Tensor  # int64 input_shape
+    hi: torch.Tensor
+    spec: OutputSpec
+
+
+def parse_vnnlib(text: str, net: QNetwork) -> VnnlibProperty:
+    """Parse VNN-LIB ``text`` against ``net`` (its input size and number of outputs)."""
+    n_in = 1
+    for s in net.input_shape:
+        n_in *= s
+    k = net.num_classes
+    declared: set[str] = set()
+    xs: set[int] = set()
+    ys: set[int] = set()
+    lo: list[Fraction | None] = [None] * n_in
+    hi: list[Fraction | None] = [None] * n_in
+    out_dnf: list[list[Atom]] = [[]]
+    n_out_asserts = 0
+    for cmd in parse_sexprs(text):
+        if isinstance(cmd, str) or not cmd or not isinstance(cmd[0], str):
+            raise VnnlibError(f"malformed command {_show(cmd)}")
+        if cmd[0] == "declare-const":
+            if len(cmd) != 3 or not isinstance(cmd[1], str) or cmd[2] not in ("Real", "Int"):
+                raise VnnlibError(f"malformed declaration {_show(cmd)}")
+            m = _VAR.match(cmd[1])
+            if not m:
+                raise VnnlibError(f"variables must be named X_i or Y_j, got {cmd[1]!r}")
+            i = int(m.group(2))
+            if m.group(1) == "X":
+                if i >= n_in:
+                    raise VnnlibError(f"{cmd[1]} declared, but the network has {n_in} inputs")
+                xs.add(i)
+            else:
+                if i >= k:
+                    raise VnnlibError(f"{cmd[1]} declared, but the network has {k} outputs")
+                ys.add(i)
+            declared.add(cmd[1])
+        elif cmd[0] == "assert":
+            if len(cmd) != 2:
+                raise VnnlibError(f"assert takes one formula: {_show(cmd)}")
+            dnf = _formula(cmd[1], declared)
+            kinds = {v[0] for conj in dnf for atom in conj for v in atom[0]}
+            if kinds == {"X"}:
+                if len(dnf) != 1:
+                    raise VnnlibError("disjunctions of input constraints are not supported")
+                for coefs, op, rhs in dnf[0]:
+                    _input_bound(coefs, op, rhs, lo, hi)
+            elif kinds == {"Y"}:
+                n_out_asserts += 1
+                out_dnf = [c + s for c in out_dnf for s in dnf]
+                if len(out_dnf) > MAX_DISJUNCTS:
+                    raise VnnlibError(
+                        f"the property expands to more than {MAX_DISJUNCTS} disjuncts"
+                    )
+            elif not kinds:
+                raise VnnlibError(f"assertion without variables: {_show(cmd)}")
+            else:
+                raise VnnlibError(
+                    f"an assertion mixes input and output variables: {_show(cmd)[:200]}"
+                )
+        else:
+            raise VnnlibError(f"unsupported command {cmd[0]!r}")
+    if xs != set(range(n_in)):
+        raise VnnlibError(
+            f"the file declares {len(xs)} X variables; the network has {n_in} inputs "
+            "(declare X_0 .. X_{n-1})"
+        )
+    if ys != set(range(k)):
+        raise VnnlibError(f"the file declares {len(ys)} Y variables; the network has {k} outputs")
+    if not n_out_asserts:
+        raise VnnlibError("the file has no output constraint (nothing to verify)")
+    rlo, rhi = net.input_range
+    box_lo, box_hi = [], []
+    for i in range(n_in):
+        a = rlo if lo[i] is None else max(rlo, int(lo[i]))  # type: ignore[arg-type]
+        b = rhi if hi[i] is None else min(rhi, int(hi[i]))  # type: ignore[arg-type]
+        if a > b:
+            raise VnnlibError(f"the input box is empty at X_{i} ([{a}, {b}] in the input range)")
+        box_lo.append(a)
+        box_hi.append(b)
+    disjuncts = []
+    for conj in out_dnf:
+        rows = []
+        for coefs, op, rhs in conj:
+            vec = [Fraction(0)] * k
+            for v, a in coefs.items():
+                vec[int(v[2:])] = a
+            rows.append((vec, op, rhs))
+        disjuncts.append(rows)
+    spec = OutputSpec.from_rational(disjuncts, k)
+    shape = net.input_shape
+    return VnnlibProperty(
+        torch.tensor(box_lo, dtype=torch.int64).view(shape),
+        torch.tensor(box_hi, dtype=torch.int64).view(shape),
+        spec,
+    )
+
+
+def _input_bound(
+    coefs: dict[str, Fraction],
+    op: str,
+    rhs: Fraction,
+    lo: list[Fraction | None],
+    hi: list[Fraction | None],
+) -> None:
+    if len(coefs) != 1:
+        raise VnnlibError("input constraints must bound single variables (a box)")
+    ((v, a),) = coefs.items()
+    bound = rhs / a
+    if bound.denominator != 1:
+        raise VnnlibError(
+            f"input bound {float(bound)} of {v} is off the integer input grid "
+            "(X values are integer input codes)"
+        )
+    upper = (op in ("<=", "<")) == (a > 0)
+    b = int(bound)
+    if op in ("<", ">"):
+        b = b - 1 if upper else b + 1
+    i = int(v[2:])
+    if upper:
+        hi[i] = b if hi[i] is None else min(hi[i], b)  # type: ignore[type-var]
+    else:
+        lo[i] = b if lo[i] is None else max(lo[i], b)  # type: ignore[type-var]
+
+
+@dataclass
+class VnnlibResult:
+    """``result``: ``sat``, ``unsat`` or ``timeout``; for ``sat`` the integer input and logits."""
+
+    result: str
+    seconds: float
+    inputs: list[int] | None = None
+    outputs: list[int] | None = None
+    note: str = ""
+
+    def vnncomp(self) -> str:
+        """The VNN-COMP result text: the verdict line, then ``((X_0 v) ... (Y_0 v) ...)``."""
+        if self.result != "sat" or self.inputs is None or self.outputs is None:
+            return self.result + "\n"
+        parts = [f"(X_{i} {v})" for i, v in enumerate(self.inputs)]
+        parts += [f"(Y_{j} {v})" for j, v in enumerate(self.outputs)]
+        return "sat\n(" + "\n ".join(parts) + ")\n"
+
+
+def verify_vnnlib(
+    net: QNetwork,
+    source: str | Path,
+    *,
+    timeout: float = 20.0,
+    method: str = "bab",
+    options: BabOptions | None = None,
+) -> VnnlibResult:
+    """Decide a VNN-LIB property (a path or the text itself) on ``net``: ``sat`` with a
+    counterexample re-checked by ``net.integer_forward``, ``unsat`` (proof), or ``timeout``."""
+    method = check_method(method)
+    timeout = check_timeout(timeout)
+    t0 = time.monotonic()
+    if isinstance(source, Path) or (isinstance(source, str) and "(" not in source):
+        path = Path(source)
+        if not path.is_file():
+            raise VnnlibError(f"no VNN-LIB file at {path}")
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise VnnlibError(f"{path} is not a text file") from None
+    else:
+        text = str(source)
+    prop = parse_vnnlib(text, net)
+    remaining = max(1e-3, timeout - (time.monotonic() - t0))
+    if method == "bab":
+        x0 = torch.div(prop.lo + prop.hi, 2, rounding_mode="floor")
+        outcome = bab_search(
+            net, prop.lo, prop.hi, prop.spec, timeout=remaining, options=options, x0=x0
+        )
+    else:
+        outcome = milp_search(net, prop.lo, prop.hi, prop.spec, timeout=remaining)
+    seconds = time.monotonic() - t0
+    if outcome.status == SAFE:
+        return VnnlibResult("unsat", seconds, note=outcome.note)
+    if outcome.status == UNSAFE:
+        assert outcome.counterexample is not None
+        x = outcome.counterexample.reshape(1, *net.input_shape)
+        z = net.integer_forward(x)
+        inside = bool(((x >= prop.lo) & (x <= prop.hi)).all())
+        if not inside or not bool(prop.spec.holds(z)[0]):
+            raise AssertionError("a counterexample failed the final re-check")
+        return VnnlibResult(
+            "sat",
+            seconds,
+            [int(v) for v in x.reshape(-1).tolist()],
+            [int(v) for v in z[0].tolist()],
+            outcome.note,
+        )
+    return VnnlibResult("timeout", seconds, note=outcome.note)

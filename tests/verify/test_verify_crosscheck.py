@@ -1,0 +1,257 @@
+"""The complete verifier against exhaustive enumeration on small random QNNs, in both directions:
+never ``robust`` when a counterexample exists, never ``vulnerable`` without one; BaB (every split
+rule, with and without attacks) and the MILP agree on every query."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from qcert.bounds import eps_box, margin_lower_bounds
+from qcert.quant import (
+    FixedPointFormat,
+    QAvgPool2d,
+    QConv2d,
+    QFlatten,
+    QLinear,
+    QNetwork,
+    QRequant,
+    argmax_first,
+)
+from qcert.verify import (
+    BabOptions,
+    OutputSpec,
+    SpecBounds,
+    bab_search,
+    milp_search,
+    verify_sample,
+)
+
+
+def random_net(seed: int) -> QNetwork:
+    """A small QNN: 2-4 integer inputs of 4 bits, MLP or conv (+ avgpool), random rounding,
+    signed/unsigned activations, requantization shifts sized so that units are neither constant
+    nor always saturated (some shifts are 0 or -1), optional requantized logits (so ties between
+    logits happen)."""
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    rounding = rng.choice(["half_up", "half_even", "floor"])
+    in_fmt = FixedPointFormat(4, rng.random() < 0.3, rng.choice([0, 2, 3]))
+    in_range = None
+    if rng.random() < 0.3:
+        in_range = (in_fmt.qmin + 2, in_fmt.qmax - 3)
+    wf = FixedPointFormat(rng.choice([3, 4]), True, rng.choice([1, 2, 3]))
+    k = rng.choice([2, 3, 4])
+
+    def affine(out_n: int, in_n: int, frac: int, conv: bool = False) -> QLinear | QConv2d:
+        acc = frac + wf.frac
+        shape = (out_n, in_n, 2, 2) if conv else (out_n, in_n)
+        w = torch.randint(wf.qmin, wf.qmax + 1, shape, generator=g)
+        if rng.random() < 0.85:
+            bf = FixedPointFormat(8, True, max(-30, acc - rng.choice([0, 1])))
+            b = torch.randint(-8, 8, (out_n,), generator=g)
+        else:
+            bf, b = None, None
+        if conv:
+            return QConv2d.from_int(w, b, wf, bf, 1, rng.choice([0, 1]))
+        return QLinear.from_int(w, b, wf, bf)
+
+    def requant(layer: QLinear | QConv2d, frac: int, mag: int, signed: bool | None = None):
+        w = layer.int_weight().abs().reshape(layer.int_weight().shape[0], -1).sum(1)
+        acc_mag = int(w.float().mean() * mag) // 2  # a typical accumulator magnitude
+        bits = rng.choice([2, 3, 4])
+        signed = rng.random() < 0.3 if signed is None else signed
+        qmax = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+        s = max(-1, (max(1, acc_mag) // max(1, qmax)).bit_length() - rng.choice([0, 1, 2]))
+        rq = QRequant(FixedPointFormat(bits, signed, frac + wf.frac - s), rounding)
+        return rq, max(qmax, -rq.format.qmin)
+
+    layers: list = []
+    frac = in_fmt.frac
+    mag = max(abs(in_fmt.qmin), in_fmt.qmax)
+    if rng.random() < 0.3:
+        shape: tuple[int, ...] = (1, 2, 2)
+        c = affine(2, 1, frac, conv=True)
+        rq, mag = requant(c, frac, mag)
+        layers += [c, rq]
+        frac = rq.format.frac
+        side = 1 + 2 * c.padding[0]
+        if side >= 2 and rng.random() < 0.6:
+            layers.append(QAvgPool2d(2, 1))
+            frac, mag, side = frac + 2, mag * 4, side - 1
+        layers.append(QFlatten())
+        n = 2 * side * side
+    else:
+        d = rng.choice([2, 3, 4])
+        shape = (d,)
+        n = d
+        for _ in range(rng.choice([1, 1, 2])):
+            h = rng.choice([3, 4, 5, 6])
+            lin = affine(h, n, frac)
+            rq, mag = requant(lin, frac, mag)
+            layers += [lin, rq]
+            frac, n = rq.format.frac, h
+    last = affine(k, n, frac)
+    layers.append(last)
+    if rng.random() < 0.35:
+        layers.append(requant(last, frac, mag, signed=True)[0])
+    return QNetwork(layers, shape, in_fmt, input_range=in_range)
+
+
+def enumerate_box(net: QNetwork, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    flo, fhi = lo.reshape(-1), hi.reshape(-1)
+    pts = torch.tensor(
+        list(itertools.product(*[range(int(a), int(b) + 1) for a, b in zip(flo, fhi)]))
+    )
+    return pts.reshape(-1, *net.input_shape)
+
+
+def truth_verdict(net: QNetwork, x: torch.Tensor, label: int, eps: int) -> str:
+    if int(net.predict(x[None])[0]) != label:
+        return "misclassified"
+    lo, hi = eps_box(net, x[None], eps)
+    return (
+        "vulnerable" if bool((net.predict(enumerate_box(net, lo, hi)) != label).any()) else "robust"
+    )
+
+
+NO_ATTACK = dict(attack_steps=0, inner_every=0)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_verdicts_match_enumeration(seed: int) -> None:
+    net = random_net(seed)
+    rng = random.Random(1000 + seed)
+    rules = ["widest", "smear", "gradient", "bound", "bound:2"]
+    lo_v, hi_v = net.input_range
+    for q in range(3):
+        g = torch.Generator().manual_seed(seed * 10 + q)
+        x = torch.randint(lo_v, hi_v + 1, net.input_shape, generator=g)
+        eps = rng.choice([1, 2, 3])
+        pred = int(net.predict(x[None])[0])
+        for label in (pred, (pred + 1 + q) % net.num_classes):
+            truth = truth_verdict(net, x, label, eps)
+            rule = rules[(seed + q) % len(rules)]
+            results = [
+                verify_sample(net, x, label, eps, timeout=60),
+                verify_sample(
+                    net, x, label, eps, timeout=60, options=BabOptions(split=rule, **NO_ATTACK)
+                ),
+                verify_sample(net, x, label, eps, timeout=60, method="milp"),
+            ]
+            for r in results:
+                assert r.verdict == truth, (seed, q, label, eps, rule, r)
+                if r.verdict in ("vulnerable", "misclassified"):
+                    cex = torch.tensor(r.counterexample).reshape(1, *net.input_shape)
+                    assert int(argmax_first(net.integer_forward(cex))[0]) == r.predicted != label
+                    assert int((cex[0] - x).abs().max()) <= eps
+                else:
+                    assert r.counterexample is None
+
+
+@pytest.mark.parametrize("seed", range(30, 50))
+def test_bab_without_attacks_and_milp_without_bounds(seed: int) -> None:
+    """The search itself (no PGD, no interval pre-filter in the MILP) decides correctly: the
+    counterexamples come from the exact box-centre checks and the single-point boxes."""
+    net = random_net(seed)
+    g = torch.Generator().manual_seed(seed)
+    lo_v, hi_v = net.input_range
+    x = torch.randint(lo_v, hi_v + 1, net.input_shape, generator=g)
+    lo, hi = eps_box(net, x[None], 2)
+    pts = enumerate_box(net, lo, hi)
+    cls = net.predict(pts)
+    for label in range(net.num_classes):
+        spec = OutputSpec.robustness(label, net.num_classes)
+        truth = bool((cls != label).any())
+        bab = bab_search(
+            net, lo, hi, spec, timeout=60, options=BabOptions(split="widest", **NO_ATTACK)
+        )
+        milp = milp_search(net, lo, hi, spec, timeout=60, use_bounds=False)
+        for out in (bab, milp):
+            assert out.status == ("unsafe" if truth else "safe"), (seed, label, out)
+            if truth:
+                assert out.counterexample is not None
+                z = net.integer_forward(out.counterexample[None])
+                assert int(argmax_first(z)[0]) != label
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_spec_bounds_exact_and_engines_agree(seed: int) -> None:
+    net = random_net(seed)
+    g = torch.Generator().manual_seed(seed)
+    lo_v, hi_v = net.input_range
+    a = torch.randint(lo_v, hi_v + 1, (20, *net.input_shape), generator=g)
+    b = torch.randint(lo_v, hi_v + 1, (20, *net.input_shape), generator=g)
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    for label in range(net.num_classes):
+        spec = OutputSpec.robustness(label, net.num_classes)
+        fast, ref = SpecBounds(net, spec), SpecBounds(net, spec, engine="int64")
+        assert fast.engine == "float64" and ref.engine == "int64"
+        ub = fast.upper(lo, hi)
+        assert torch.equal(ub, ref.upper(lo, hi))
+        # the same numbers as qcert.bounds' fused margin bounds: ub(z_j - z_c) = -lb(z_c - z_j)
+        lb = margin_lower_bounds(net, lo, hi, torch.full((20,), label))
+        others = [j for j in range(net.num_classes) if j != label]
+        assert torch.equal(ub, -lb[:, others])
+        # exact values at points
+        z = net.integer_forward(a)
+        assert torch.equal(fast.values(a), z @ spec.A.t())
+        assert torch.equal(ref.values(a), z @ spec.A.t())
+        assert torch.equal(fast.upper(a, a), z @ spec.A.t())
+
+
+def test_general_rational_spec_against_enumeration() -> None:
+    from fractions import Fraction as Fr
+
+    for seed in range(8):
+        net = random_net(100 + seed)
+        k = net.num_classes
+        rng = random.Random(seed)
+        lo_v, hi_v = net.input_range
+        lo = torch.full((1, *net.input_shape), lo_v)
+        hi = torch.full((1, *net.input_shape), hi_v)
+        pts = enumerate_box(net, lo, hi)
+        if pts.shape[0] > 5000:
+            continue
+        z = net.integer_forward(pts)
+        for _ in range(4):
+            disjuncts = []
+            for _ in range(rng.choice([1, 2])):
+                conj = []
+                for _ in range(rng.choice([1, 2])):
+                    coefs = [Fr(rng.randint(-4, 4), rng.choice([1, 2, 3])) for _ in range(k)]
+                    op = rng.choice([">=", ">", "<=", "<"])
+                    med = float(
+                        torch.median((z.double() * torch.tensor([float(c) for c in coefs])).sum(1))
+                    )
+                    rhs = Fr(round(med * 4), 4) + Fr(rng.randint(-3, 3), 2)
+                    conj.append((coefs, op, rhs))
+                disjuncts.append(conj)
+            spec = OutputSpec.from_rational(disjuncts, k)
+            truth = torch.zeros(z.shape[0], dtype=torch.bool)
+            for conj in disjuncts:
+                ok = torch.ones(z.shape[0], dtype=torch.bool)
+                for coefs, op, rhs in conj:
+                    v = [sum(Fr(int(zz)) * c for zz, c in zip(row, coefs)) for row in z.tolist()]
+                    cmp = {
+                        ">=": lambda a, b: a >= b,
+                        ">": lambda a, b: a > b,
+                        "<=": lambda a, b: a <= b,
+                        "<": lambda a, b: a < b,
+                    }[op]
+                    ok &= torch.tensor([cmp(vi, rhs) for vi in v])
+                truth |= ok
+            assert torch.equal(spec.holds(z), truth)
+            want = "unsafe" if bool(truth.any()) else "safe"
+            assert bab_search(net, lo, hi, spec, timeout=60).status == want
+            assert milp_search(net, lo, hi, spec, timeout=60).status == want
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(50, 350))
+def test_verdicts_match_enumeration_many(seed: int) -> None:
+    test_verdicts_match_enumeration(seed)
+    test_bab_without_attacks_and_milp_without_bounds(seed)

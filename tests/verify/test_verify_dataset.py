@@ -1,0 +1,157 @@
+"""verify_dataset: one JSON line per decided sample, resume without duplicates, summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from qcert.errors import InputError
+from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant
+from qcert.verify import verify_dataset, verify_sample
+
+
+def net_and_data() -> tuple[QNetwork, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    w, a = FixedPointFormat(4, True, 2), FixedPointFormat(4, False, 2)
+    b = FixedPointFormat(8, True, 4)
+    net = QNetwork(
+        [
+            QLinear.from_int(
+                torch.randint(-8, 8, (6, 3), generator=g),
+                torch.randint(-8, 8, (6,), generator=g),
+                w,
+                b,
+            ),
+            QRequant(a, "half_up"),
+            QLinear.from_int(
+                torch.randint(-8, 8, (3, 6), generator=g),
+                torch.randint(-8, 8, (3,), generator=g),
+                w,
+                b,
+            ),
+        ],
+        (3,),
+        FixedPointFormat(4, False, 2),
+    )
+    x = torch.randint(0, 16, (12, 3), generator=g)
+    y = net.predict(x)
+    y[::5] = (y[::5] + 1) % 3  # some misclassified samples
+    return net, x, y
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_jsonl_records_and_summary(tmp_path: Path) -> None:
+    net, x, y = net_and_data()
+    out = tmp_path / "v.jsonl"
+    seen: list[dict] = []
+    summary = verify_dataset(net, x, y, 2, out=out, timeout=30, on_result=seen.append)
+    recs = read(out)
+    assert [r["index"] for r in recs] == list(range(12)) == [r["index"] for r in seen]
+    for r in recs:
+        assert {"index", "label", "verdict", "seconds", "counterexample"} <= set(r)
+        single = verify_sample(net, x[r["index"]], int(y[r["index"]]), 2)
+        assert r["verdict"] == single.verdict
+        if r["verdict"] == "misclassified":
+            assert r["counterexample"] == x[r["index"]].tolist()
+        if r["verdict"] == "vulnerable":
+            cex = torch.tensor(r["counterexample"]).reshape(1, 3)
+            assert int(net.predict(cex)[0]) != r["label"]
+    assert summary["n"] == 12
+    assert sum(summary[k] for k in ("robust", "vulnerable", "timeout", "misclassified")) == 12
+    assert summary["misclassified"] == 3
+    assert summary["certified_acc"] == summary["robust"] / 12
+    assert summary["median_seconds"] >= 0
+
+
+def test_resume_skips_done_samples(tmp_path: Path) -> None:
+    net, x, y = net_and_data()
+    out = tmp_path / "v.jsonl"
+    # "interrupted" after 5 samples: run on a prefix, then on everything with the same file
+    first = verify_dataset(net, x[:5], y[:5], 1, out=out, timeout=30)
+    assert first["n"] == 5 and len(read(out)) == 5
+    before = out.read_text()
+    calls: list[int] = []
+    summary = verify_dataset(
+        net, x, y, 1, out=out, timeout=30, on_result=lambda r: calls.append(r["index"])
+    )
+    recs = read(out)
+    assert out.read_text().startswith(before)  # old lines untouched
+    assert [r["index"] for r in recs] == list(range(12))  # no duplicates
+    assert calls == list(range(12)) and summary["n"] == 12
+    # a third run decides nothing new
+    verify_dataset(net, x, y, 1, out=out, timeout=30)
+    assert len(read(out)) == 12
+    # start: only samples from 7 on count in the summary
+    assert verify_dataset(net, x, y, 1, out=out, start=7)["n"] == 5
+
+
+def test_torn_last_line_is_redone(tmp_path: Path) -> None:
+    net, x, y = net_and_data()
+    out = tmp_path / "v.jsonl"
+    verify_dataset(net, x[:3], y[:3], 1, out=out)
+    text = out.read_text()
+    out.write_text(text + '{"index": 3, "lab')  # a write cut by a crash
+    verify_dataset(net, x[:5], y[:5], 1, out=out)
+    assert [r["index"] for r in read(out)] == [0, 1, 2, 3, 4]
+
+
+def test_bad_resume_file_and_arguments(tmp_path: Path) -> None:
+    net, x, y = net_and_data()
+    out = tmp_path / "v.jsonl"
+    verify_dataset(net, x[:2], y[:2], 1, out=out)
+    with pytest.raises(InputError, match="eps=1"):
+        verify_dataset(net, x[:3], y[:3], 2, out=out)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    with pytest.raises(InputError, match="not a verify result"):
+        verify_dataset(net, x, y, 1, out=bad)
+    with pytest.raises(InputError):
+        verify_dataset(net, x, y[:3], 1)
+    with pytest.raises(InputError, match="eps"):
+        verify_dataset(net, x, y, -1)
+    with pytest.raises(InputError, match="eps"):
+        verify_dataset(net, x, y, 0.5)
+    with pytest.raises(InputError, match="start"):
+        verify_dataset(net, x, y, 1, start=12)
+    with pytest.raises(InputError, match="method"):
+        verify_dataset(net, x, y, 1, method="smt")
+    with pytest.raises(InputError, match="timeout"):
+        verify_dataset(net, x, y, 1, timeout=0)
+    with pytest.raises(InputError, match="split"):
+        verify_sample(net, x[0], int(y[0]), 1, split="random")
+    with pytest.raises(InputError, match="CPU"):
+        verify_sample(net, x[0], int(y[0]), 1, device="meta")
+    with pytest.raises(InputError):
+        verify_sample(net, x[0].float() + 0.5, int(y[0]), 1)
+    with pytest.raises(InputError):
+        verify_sample(net, x[0], 7, 1)
+
+
+def test_timeout_verdict() -> None:
+    """A hard query with a tiny budget times out instead of guessing."""
+    g = torch.Generator().manual_seed(1)
+    w = FixedPointFormat(8, True, 6)
+    net = QNetwork(
+        [
+            QLinear.from_int(torch.randint(-128, 128, (32, 16), generator=g), None, w, None),
+            QRequant(FixedPointFormat(8, False, 4), "half_up"),
+            QLinear.from_int(torch.randint(-128, 128, (2, 32), generator=g), None, w, None),
+        ],
+        (16,),
+    )
+    x = torch.randint(0, 256, (1, 16), generator=g)
+    label = int(net.predict(x)[0])
+    from qcert.verify import BabOptions
+
+    r = verify_sample(
+        net, x, label, 40, timeout=0.05, options=BabOptions(attack_steps=0, inner_every=0)
+    )
+    assert r.verdict in ("timeout", "vulnerable")
+    if r.verdict == "timeout":
+        assert r.counterexample is None and r.predicted is None
