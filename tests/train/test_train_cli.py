@@ -14,7 +14,8 @@ def test_train_command_writes_model_and_metrics(tmp_path, capsys) -> None:
     out = tmp_path / "run"
     argv = ["train", "--dataset", "digits", "--arch", "mlp-small", "--method", "qa-ibp"]
     argv += ["--eps", "1", "--epochs", "2", "--out", str(out), "--n-test", "60"]
-    argv += ["--pgd-steps", "2", "--bits", "8,6,8", "--robust-loss", "hinge", "--json"]
+    argv += ["--pgd-steps", "2", "--bits", "8,6,8", "--robust-loss", "hinge", "--threads", "1"]
+    argv += ["--json"]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     on_disk = json.loads((out / "metrics.json").read_text())

@@ -40,8 +40,7 @@ def test_each_method_writes_valid_outputs(tmp_path, method: str) -> None:
         assert metrics["ibp_certified_acc"][str(e)] == pytest.approx(
             certified_accuracy(net, x, labels, e)
         )
-    assert metrics["pgd_acc"] <= metrics["clean_acc"]
-    assert metrics["ibp_certified_acc"]["2"] <= metrics["pgd_acc"]  # certified ⇒ not attackable
+    assert metrics["ibp_certified_acc"]["2"] <= metrics["pgd_acc"] <= metrics["clean_acc"]
     if method == "float-ibp":
         fi = metrics["float_ibp"]["2"]
         assert (
@@ -139,3 +138,22 @@ def test_time_budget_stops_cleanly_and_still_evaluates(tmp_path) -> None:
 def test_bad_configurations_raise_clear_errors(tmp_path, kw, match) -> None:
     with pytest.raises(QcertError, match=match):
         train(_cfg(tmp_path, "bad", **kw))
+
+
+def test_pgd_counterexamples_skip_only_certified_samples(tmp_path) -> None:
+    from qcert.attack import robust_accuracy
+    from qcert.train.evaluate import certified_flags, pgd_counterexamples
+
+    res = train(_cfg(tmp_path, "q", method="qat", eps=3, epochs=3, pgd_steps=0))
+    net = res.net
+    images, labels = load("digits", "test", n=80)
+    x = images.reshape(80, *net.input_shape).to(torch.int64)
+    full = robust_accuracy(net, x, labels, 3, steps=5, seed=0)
+    hit = pgd_counterexamples(net, x, labels, 3, None, 5, 1, 0)
+    assert int(hit.sum()) == len(full["counterexamples"]) > 0
+    assert sorted(hit.nonzero().squeeze(1).tolist()) == [
+        c["index"] for c in full["counterexamples"]
+    ]
+    cert = certified_flags(net, x, labels, 3)
+    hit2 = pgd_counterexamples(net, x, labels, 3, cert, 5, 1, 0)
+    assert not bool((hit2 & cert).any())

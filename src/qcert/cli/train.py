@@ -72,13 +72,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--eval-eps", type=nonneg_int, nargs="*", default=[], help="more radii to certify"
     )
     p.add_argument("--pgd-steps", type=nonneg_int, default=d.pgd_steps, help="0: skip PGD")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads for torch (1 is fastest on a CPU shared with other jobs)",
+    )
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from qcert.train import TrainConfig, train
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     cfg = TrainConfig(
         dataset=args.dataset,
         out=args.out,

@@ -13,7 +13,7 @@ import torch
 from qcert.bounds import certify_boxes, eps_box
 from qcert.quant.network import QNetwork
 
-__all__ = ["certified_flags", "evaluate_network", "float_ibp_transfer"]
+__all__ = ["certified_flags", "evaluate_network", "float_ibp_transfer", "pgd_counterexamples"]
 
 
 @torch.no_grad()
@@ -43,6 +43,35 @@ def _clean_flags(net: QNetwork, x: torch.Tensor, labels: torch.Tensor) -> torch.
     return torch.cat([net.predict(x[s : s + 1000]) for s in range(0, x.shape[0], 1000)]) == labels
 
 
+def pgd_counterexamples(
+    net: QNetwork,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    eps: int,
+    certified: torch.Tensor | None,
+    steps: int,
+    restarts: int,
+    seed: int,
+) -> torch.Tensor:
+    """Per sample: misclassified, or PGD (:func:`qcert.attack.robust_accuracy`) found a
+    counterexample re-checked by the reference executor in its ε-box.
+
+    Samples in ``certified`` are proven robust by exact QA-IBP, so no attack can succeed there:
+    they are skipped (their flag is False), which makes the evaluation of certified models cheap.
+    """
+    from qcert.attack import robust_accuracy
+
+    out = torch.zeros(x.shape[0], dtype=torch.bool)
+    todo = torch.arange(x.shape[0]) if certified is None else (~certified).nonzero().squeeze(1)
+    if todo.numel():
+        res = robust_accuracy(
+            net, x[todo], labels[todo], eps, steps=steps, restarts=restarts, seed=seed
+        )
+        for c in res["counterexamples"]:
+            out[int(todo[int(c["index"])])] = True
+    return out
+
+
 def evaluate_network(
     net: QNetwork,
     x: torch.Tensor,
@@ -57,8 +86,9 @@ def evaluate_network(
     """Clean, exact-certified (per radius) and PGD accuracy of ``net`` on integer inputs ``x``.
 
     Returns ``clean_acc``, ``ibp_certified_acc`` (keyed by ε as a string), ``pgd_acc`` (at
-    ``pgd_eps``; None when ``pgd_eps`` is None or ``pgd_steps`` is 0), ``pgd_eps``, ``n_test`` and
-    ``certified_flags`` (per radius, bool tensors; for further analysis, not JSON).
+    ``pgd_eps``; None when ``pgd_eps`` is None or ``pgd_steps`` is 0), ``pgd_eps``, ``n_test``,
+    ``certified_flags`` (per radius) and ``attacked_flags`` (bool tensors for further analysis,
+    not JSON).
     """
     x = net.check_input(x)
     labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
@@ -69,22 +99,21 @@ def evaluate_network(
             log(f"certifying ε={e} on {x.shape[0]} samples (exact QA-IBP)")
         flags[str(e)] = certified_flags(net, x, labels, e)
     pgd = None
+    attacked: torch.Tensor | None = None
     if pgd_eps is not None and pgd_steps > 0:
-        from qcert.attack import robust_accuracy
-
         if log:
-            log(f"PGD ε={pgd_eps}, {pgd_steps} steps on {x.shape[0]} samples")
-        res = robust_accuracy(
-            net, x, labels, pgd_eps, steps=pgd_steps, restarts=pgd_restarts, seed=seed
-        )
-        pgd = float(res["robust_acc"])
+            log(f"PGD ε={pgd_eps}, {pgd_steps} steps (on the samples not certified at that ε)")
+        cert = flags.get(str(pgd_eps))
+        attacked = pgd_counterexamples(net, x, labels, pgd_eps, cert, pgd_steps, pgd_restarts, seed)
+        pgd = 1.0 - int(attacked.sum()) / max(1, x.shape[0])
     return {
-        "clean_acc": float(clean.float().mean()),
-        "ibp_certified_acc": {k: float(v.float().mean()) for k, v in flags.items()},
+        "clean_acc": int(clean.sum()) / max(1, x.shape[0]),
+        "ibp_certified_acc": {k: int(v.sum()) / max(1, x.shape[0]) for k, v in flags.items()},
         "pgd_acc": pgd,
         "pgd_eps": pgd_eps,
         "n_test": int(x.shape[0]),
         "certified_flags": flags,
+        "attacked_flags": attacked,
     }
 
 
@@ -99,31 +128,36 @@ def float_ibp_transfer(
     pgd_steps: int = 20,
     pgd_restarts: int = 1,
     seed: int = 0,
+    attacked: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """For each radius: how many inputs float IBP certifies for the float ``model``, and how many
     of those, after quantization to ``net``, are still certified by exact QA-IBP, are attackable
-    (a PGD counterexample re-checked by the reference executor) or are neither."""
-    from qcert.attack import robust_accuracy
+    (a PGD counterexample re-checked by the reference executor) or are neither.
+
+    ``attacked`` may hold per-radius flags from :func:`pgd_counterexamples` already computed.
+    """
     from qcert.bounds.ibp import float_ibp_certified
 
     lo, hi = net.input_range
     out: dict[str, Any] = {}
     for e in radii:
         fl = float_ibp_certified(model, x, labels, float(e), input_scale, (float(lo), float(hi)))
-        idx = fl.nonzero().squeeze(1)
-        q_cert = int((qaibp_flags[str(e)][idx]).sum()) if idx.numel() else 0
-        attackable = 0
-        if idx.numel() and pgd_steps > 0:
-            res = robust_accuracy(
-                net, x[idx], labels[idx], e, steps=pgd_steps, restarts=pgd_restarts, seed=seed
+        q_cert = qaibp_flags[str(e)]
+        n_f = int(fl.sum())
+        attackable = None
+        if attacked is not None and str(e) in attacked:
+            attackable = int((attacked[str(e)] & fl).sum())
+        elif pgd_steps > 0:
+            idx = fl.nonzero().squeeze(1)
+            hit = pgd_counterexamples(
+                net, x[idx], labels[idx], e, q_cert[idx], pgd_steps, pgd_restarts, seed
             )
-            attackable = len(res["counterexamples"])
-        n_f = int(idx.numel())
+            attackable = int(hit.sum())
         out[str(e)] = {
             "float_certified": n_f,
             "float_certified_acc": n_f / max(1, x.shape[0]),
-            "still_certified_after_ptq": q_cert,
+            "still_certified_after_ptq": int((q_cert & fl).sum()),
+            "not_certifiable_after_ptq": n_f - int((q_cert & fl).sum()),
             "attackable_after_ptq": attackable,
-            "not_certifiable_after_ptq": n_f - q_cert,
         }
     return out

@@ -309,6 +309,7 @@ def train(
         log=say,
     )
     flags = ev.pop("certified_flags")
+    attacked = ev.pop("attacked_flags")
     metrics: dict[str, Any] = {
         "method": cfg.method,
         "arch": cfg.arch,
@@ -329,6 +330,7 @@ def train(
             cfg.pgd_steps,
             cfg.pgd_restarts,
             cfg.seed,
+            attacked=None if attacked is None else {str(pgd_eps): attacked},
         )
     metrics.update(
         {
