@@ -1,0 +1,164 @@
+"""Running an exported model in onnxruntime and comparing it with the reference executor."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from qcert.errors import InputError, ModelFileError
+from qcert.quant import QNetwork, argmax_first
+
+_NP_OF_ORT = {
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(uint16)": np.uint16,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
+#: onnxruntime graph optimization levels by name; "all" is onnxruntime's default. QDQ graphs are
+#: fused into integer kernels (QGemm, QLinearConv) from "extended" on.
+OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
+
+
+def session(
+    model: onnx.ModelProto | str | os.PathLike[str],
+    optimization: str = "all",
+    threads: int | None = None,
+) -> Any:
+    """An onnxruntime CPU inference session at a graph optimization level (see
+    :data:`OPTIMIZATION_LEVELS`)."""
+    import onnxruntime as ort
+
+    levels = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if optimization not in levels:
+        raise InputError(
+            f"unknown optimization level {optimization!r}; expected one of "
+            + ", ".join(OPTIMIZATION_LEVELS)
+        )
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = levels[optimization]
+    if threads is not None:
+        so.intra_op_num_threads = threads
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    try:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ModelFileError(f"onnxruntime cannot load the model: {e}") from None
+
+
+def onnx_logits(
+    sess: Any,
+    x: torch.Tensor,
+    batch_size: int = 1000,
+    input_frac: int = 0,
+    logit_frac: int = 0,
+) -> torch.Tensor:
+    """Logits of the integer inputs ``x`` from an onnxruntime session.
+
+    Integer model inputs get the codes; a float input (a QDQ graph that quantizes its input) gets
+    the real values ``x * 2**-input_frac``. Integer outputs come back as int64; float outputs (real
+    logits) as float64 ``output * 2**logit_frac``, the integer logits when the graph is exact.
+    """
+    inp = sess.get_inputs()[0]
+    if inp.type == "tensor(float)":
+        arr = (x.to(torch.float64) * 2.0**-input_frac).numpy().astype(np.float32)
+    else:
+        dt = _NP_OF_ORT.get(inp.type)
+        if dt is None:
+            raise ModelFileError(f"model input has type {inp.type}, not an integer or float type")
+        info = np.iinfo(dt)
+        if x.numel() and (int(x.min()) < info.min or int(x.max()) > info.max):
+            raise InputError(f"inputs outside the range of the model's {inp.type} input")
+        arr = x.to(torch.int64).numpy().astype(dt)
+    outs = [
+        sess.run(None, {inp.name: arr[s : s + batch_size]})[0]
+        for s in range(0, arr.shape[0], batch_size)
+    ]
+    out = np.concatenate(outs) if outs else np.zeros((0,), np.int64)
+    if np.issubdtype(out.dtype, np.floating):
+        return torch.from_numpy(out.astype(np.float64) * 2.0**logit_frac)
+    return torch.from_numpy(out.astype(np.int64))
+
+
+def random_inputs(net: QNetwork, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` integer inputs: the two corners of the input range, inputs drawn from the range's
+    extremes only, and uniform ones (int64, N×input shape)."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = net.input_range
+    shape = (n, *net.input_shape)
+    x = torch.randint(lo, hi + 1, shape, generator=g)
+    extreme = torch.where(torch.rand(shape, generator=g) < 0.5, lo, hi)
+    pick = torch.rand((n,) + (1,) * len(net.input_shape), generator=g) < 0.3
+    x = torch.where(pick, extreme, x)
+    if n >= 1:
+        x[0] = hi
+    if n >= 2:
+        x[1] = lo
+    return x
+
+
+@torch.no_grad()
+def compare_onnx(
+    net: QNetwork,
+    model: onnx.ModelProto | str | os.PathLike[str],
+    x: torch.Tensor,
+    batch_size: int = 1000,
+    optimization: str = "all",
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``x`` through onnxruntime (at graph ``optimization`` level) and the reference
+    executor; count equal logit rows.
+
+    Returns ``n``, ``equal_logits`` (rows equal bit for bit), ``equal_predictions``,
+    ``max_abs_diff``, and the throughput of both (images/s).
+    """
+    x = net.check_input(x)
+    sess = session(model, optimization)
+    n = int(x.shape[0])
+    eq_rows = eq_pred = 0
+    max_diff: float = 0
+    t_ort = t_ref = 0.0
+    for s in range(0, n, batch_size):
+        xb = x[s : s + batch_size]
+        t0 = time.perf_counter()
+        got = onnx_logits(sess, xb, batch_size, net.input_format.frac, net.logit_frac)
+        t1 = time.perf_counter()
+        ref = net.integer_forward(xb)
+        t2 = time.perf_counter()
+        t_ort, t_ref = t_ort + t1 - t0, t_ref + t2 - t1
+        if got.shape != ref.shape:
+            raise ModelFileError(
+                f"the ONNX model returns logits of shape {tuple(got.shape)}, "
+                f"expected {tuple(ref.shape)}"
+            )
+        if got.is_floating_point():  # real logits scaled to integer units, compared in float64
+            ref_cmp = ref.to(torch.float64)
+        else:
+            ref_cmp = ref
+        eq_rows += int((got == ref_cmp).all(dim=1).sum())
+        eq_pred += int((argmax_first(got) == argmax_first(ref)).sum())
+        if got.numel():
+            max_diff = max(max_diff, float((got - ref_cmp).abs().max()))
+        if on_batch is not None:
+            on_batch(int(xb.shape[0]))
+    return {
+        "n": n,
+        "equal_logits": eq_rows,
+        "equal_predictions": eq_pred,
+        "max_abs_diff": max_diff,
+        "onnxruntime_images_per_s": n / t_ort if t_ort > 0 else None,
+        "reference_images_per_s": n / t_ref if t_ref > 0 else None,
+    }

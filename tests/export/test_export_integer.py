@@ -1,0 +1,267 @@
+"""The integer-only ONNX graph: onnxruntime's logits equal ``integer_forward`` bit for bit.
+
+Random networks (conv with stride and padding, average pooling, linear, 2- to 16-bit signed and
+unsigned formats, every rounding rule, requantized logits or raw accumulators, affine layers fed
+with wide accumulators) on random inputs including the corners of the input range, with and
+without the 8-bit kernels, at onnxruntime's default and disabled graph optimization.
+"""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto
+
+from qcert.errors import FormatError
+from qcert.export import onnx_logits, onnx_model, random_inputs, session, to_onnx
+from qcert.export.integer import INT8_MAX_FAN_IN, plan_integer
+from qcert.quant import (
+    FixedPointFormat,
+    QAvgPool2d,
+    QConv2d,
+    QFlatten,
+    QLinear,
+    QNetwork,
+    QRequant,
+    Rounding,
+)
+
+BITS = [2, 3, 4, 7, 8, 8, 8, 9, 12, 16]
+AVOIDED_OPS = {"Clip", "Min", "Max", "ReduceSum"}
+
+
+def rand_codes(g: torch.Generator, shape, fmt: FixedPointFormat, extreme: float) -> torch.Tensor:
+    q = torch.randint(fmt.qmin, fmt.qmax + 1, shape, generator=g)
+    u = torch.rand(shape, generator=g)
+    q = torch.where(u < extreme / 2, torch.full_like(q, fmt.qmin), q)
+    return torch.where(u > 1 - extreme / 2, torch.full_like(q, fmt.qmax), q).to(torch.float64)
+
+
+@st.composite
+def networks(draw):
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    extreme = draw(st.sampled_from([0.0, 0.3, 0.8]))
+
+    def fmt(signed=None, lo=-4, hi=12):
+        s = draw(st.booleans()) if signed is None else signed
+        return FixedPointFormat(draw(st.sampled_from(BITS)), s, draw(st.integers(lo, hi)))
+
+    def bias_for(acc_frac: int, n: int):
+        if not draw(st.booleans()):
+            return None, None
+        bits = draw(st.sampled_from([8, 16, 24, 32]))
+        frac = draw(st.integers(max(-32, acc_frac - (60 - bits)), min(32, acc_frac)))
+        bf = FixedPointFormat(bits, True, frac)
+        return rand_codes(g, (n,), bf, extreme), bf
+
+    def requant(in_frac: int) -> QRequant:
+        shift = draw(st.one_of(st.integers(-2, 3), st.integers(4, 24)))  # ties and saturation
+        f = FixedPointFormat(
+            draw(st.sampled_from(BITS)),
+            draw(st.booleans()),
+            max(-32, min(32, in_frac - shift)),
+        )
+        return QRequant(f, draw(st.sampled_from(list(Rounding))))
+
+    in_fmt = fmt(lo=-2, hi=10)
+    layers: list = []
+    frac = in_fmt.frac
+    if draw(st.booleans()):
+        c, h, w = draw(st.integers(1, 3)), draw(st.integers(2, 7)), draw(st.integers(2, 7))
+        input_shape: tuple[int, ...] = (c, h, w)
+        shape: tuple[int, ...] = input_shape
+        for _ in range(draw(st.integers(0, 2))):
+            pad = draw(st.integers(0, 2))
+            k = draw(st.integers(1, min(h, w) + 2 * pad))
+            oc = draw(st.integers(1, 4))
+            wf = fmt(lo=-2, hi=10)
+            b, bf = bias_for(frac + wf.frac, oc)
+            conv = QConv2d.from_int(
+                rand_codes(g, (oc, c, k, k), wf, extreme), b, wf, bf, draw(st.integers(1, 3)), pad
+            )
+            layers.append(conv)
+            shape, frac = conv.bind(shape, frac)
+            if draw(st.booleans()) and min(shape[1:]) >= 2:
+                kernel = draw(st.sampled_from([(1, 2), (2, 1), (2, 2)]))
+                stride = draw(st.sampled_from([None, (1, 1)]))
+                pool = QAvgPool2d(kernel, stride)
+                layers.append(pool)
+                shape, frac = pool.bind(shape, frac)
+            if draw(st.integers(0, 4)):  # mostly requantize; sometimes feed the accumulator on
+                rq = requant(frac)
+                layers.append(rq)
+                shape, frac = rq.bind(shape, frac)
+            c, h, w = shape
+        layers.append(QFlatten())
+        d = c * h * w
+    else:
+        d = draw(st.integers(1, 8))
+        input_shape = (d,)
+    n_linear = draw(st.integers(1, 3))
+    for i in range(n_linear):
+        out = draw(st.integers(1, 5)) if i < n_linear - 1 else draw(st.integers(2, 5))
+        wf = fmt(lo=-2, hi=10)
+        b, bf = bias_for(frac + wf.frac, out)
+        layers.append(QLinear.from_int(rand_codes(g, (out, d), wf, extreme), b, wf, bf))
+        frac += wf.frac
+        if (i < n_linear - 1 and draw(st.integers(0, 4))) or (
+            i == n_linear - 1 and draw(st.booleans())
+        ):
+            rq = requant(frac)
+            layers.append(rq)
+            frac = rq.format.frac
+        d = out
+    try:
+        return QNetwork(layers, input_shape, in_fmt)
+    except FormatError:  # values could overflow int64: not a network qcert accepts
+        assume(False)
+
+
+def check_equal(net: QNetwork, model: onnx.ModelProto, x: torch.Tensor, level: str = "all"):
+    got = onnx_logits(session(model, level), x)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, net.integer_forward(x))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(net=networks(), int8=st.booleans(), level=st.sampled_from(["all", "all", "none"]))
+def test_integer_graph_matches_reference_bit_for_bit(net, int8, level) -> None:
+    model = onnx_model(net, "integer", int8_kernels=int8)
+    ops = {n.op_type for n in model.graph.node}
+    assert not ops & AVOIDED_OPS
+    if not int8:
+        assert not ops & {"MatMulInteger", "ConvInteger"}
+    check_equal(net, model, random_inputs(net, 24, seed=net.num_classes), level)
+
+
+def test_random_networks_exercise_both_paths() -> None:
+    """The strategy above reaches the 8-bit kernels, the int64 path and every rounding rule."""
+    seen: set[str] = set()
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(net=networks())
+    def collect(net) -> None:
+        for p in plan_integer(net):
+            if p is not None:
+                seen.add(p.kind)
+        seen.update(m.rounding.value for m in net.layers if isinstance(m, QRequant))
+
+    collect()
+    assert {"int8", "int64", "half_up", "half_even", "floor"} <= seen
+
+
+def test_8bit_kernels_with_signed_activations_and_unsigned_weights() -> None:
+    g = torch.Generator().manual_seed(0)
+    i8, u8 = FixedPointFormat(8, True, 6), FixedPointFormat(8, False, 8)
+    u4 = FixedPointFormat(4, False, 3)
+    conv = QConv2d.from_int(rand_codes(g, (4, 2, 3, 3), i8, 0.5), None, i8, None, 2, 1)
+    rq = QRequant(FixedPointFormat(8, True, 4), "half_even")  # signed int8: stored offset by 128
+    lin = QLinear.from_int(rand_codes(g, (3, 4 * 3 * 3), u4, 0.5), None, u4, None)
+    net = QNetwork([conv, rq, QFlatten(), lin], (2, 5, 5), u8)
+    paths = [p for p in plan_integer(net) if p is not None]
+    assert [(p.kind, p.x_offset, p.w_offset) for p in paths] == [
+        ("int8", 0, 128),
+        ("int8", 128, 0),
+    ]
+    model = onnx_model(net)
+    assert {"ConvInteger", "MatMulInteger"} <= {n.op_type for n in model.graph.node}
+    x = random_inputs(net, 64, seed=3)
+    for level in ("all", "none"):
+        check_equal(net, model, x, level)
+
+
+@pytest.mark.parametrize("fan_in", [INT8_MAX_FAN_IN, INT8_MAX_FAN_IN + 1])
+def test_8bit_path_up_to_its_fan_in_limit(fan_in: int) -> None:
+    i8, u8 = FixedPointFormat(8, True, 0), FixedPointFormat(8, False, 0)
+    w = torch.full((2, fan_in), -128.0)
+    w[1] = 127.0
+    net = QNetwork([QLinear.from_int(w, None, i8, None)], (fan_in,), u8)
+    kinds = [p.kind for p in plan_integer(net) if p is not None]
+    assert kinds == (["int8"] if fan_in <= INT8_MAX_FAN_IN else ["int64"])
+    x = torch.full((3, fan_in), 255)
+    x[1] = 0
+    x[2, ::2] = 0
+    check_equal(net, onnx_model(net), x)
+    assert int(net.integer_forward(x)[0, 0]) == -128 * 255 * fan_in  # the int32 extreme
+
+
+def _shift_net(in_frac: int, w_frac: int, out_frac: int, rounding: str) -> QNetwork:
+    u2 = FixedPointFormat(2, False, in_frac)
+    wf = FixedPointFormat(3, True, w_frac)
+    lin = QLinear.from_int(torch.tensor([[3.0, -4.0], [-4.0, 3.0]]), None, wf, None)
+    return QNetwork([lin, QRequant(FixedPointFormat(16, True, out_frac), rounding)], (2,), u2)
+
+
+@pytest.mark.parametrize("rounding", ["half_up", "half_even", "floor"])
+def test_largest_shifts_are_exact_and_larger_ones_refused(rounding: str) -> None:
+    x = torch.tensor([[0, 0], [3, 0], [0, 3], [3, 3], [1, 2]])
+    for net in (_shift_net(31, 31, 0, rounding), _shift_net(-14, 0, 32, rounding)):  # 62 / -46
+        check_equal(net, onnx_model(net), x)
+    for net in (_shift_net(32, 31, 0, rounding), _shift_net(-15, 0, 32, rounding)):  # 63 / -47
+        with pytest.raises(FormatError, match="shifts"):
+            onnx_model(net)
+
+
+def test_ties_round_by_each_rule() -> None:
+    """Requantizing k/2 and k/4 with every rule (ties are where the rules differ)."""
+    for rounding in Rounding:
+        u8 = FixedPointFormat(8, False, 0)
+        lin = QLinear.from_int(
+            torch.tensor([[1.0], [-1.0], [3.0]]), None, FixedPointFormat(3, True, 2), None
+        )
+        net = QNetwork([lin, QRequant(FixedPointFormat(8, True, 0), rounding)], (1,), u8)
+        x = torch.arange(256).view(-1, 1)
+        check_equal(net, onnx_model(net), x)
+        check_equal(net, onnx_model(net, int8_kernels=False), x)
+
+
+def test_model_interface_and_file(tmp_path) -> None:
+    u8, s16 = FixedPointFormat(8, False, 8), FixedPointFormat(16, True, 4)
+    i8 = FixedPointFormat(8, True, 7)
+    lin = QLinear.from_int(torch.ones(3, 4), torch.tensor([1.0, 2.0, 3.0]), i8, i8)
+    for in_fmt, dtype in ((u8, TensorProto.UINT8), (s16, TensorProto.INT64)):
+        net = QNetwork([lin], (4,), in_fmt, classes=["a", "b", "c"])
+        path = tmp_path / "m.onnx"
+        model = to_onnx(net, path)
+        loaded = onnx.load(path)
+        onnx.checker.check_model(loaded, full_check=True)
+        assert loaded.graph.input[0].type.tensor_type.elem_type == dtype
+        assert loaded.graph.output[0].type.tensor_type.elem_type == TensorProto.INT64
+        assert any(p.key == "qcert" for p in loaded.metadata_props)
+        sess = session(model)
+        for n in (1, 7):  # the batch dimension is dynamic
+            x = random_inputs(net, n, seed=n)
+            out = onnx_logits(sess, x)
+            assert out.shape == (n, 3)
+            assert torch.equal(out, net.integer_forward(x))
+
+
+def test_unknown_flavour_is_refused() -> None:
+    net = QNetwork(
+        [QLinear.from_int(torch.ones(2, 1), None, FixedPointFormat(2, True, 0), None)], (1,)
+    )
+    with pytest.raises(FormatError, match="flavour"):
+        onnx_model(net, "float")
+
+
+def test_only_integer_tensors_in_the_graph() -> None:
+    net = QNetwork(
+        [
+            QConv2d.from_int(torch.ones(2, 1, 2, 2), None, FixedPointFormat(4, True, 2), None),
+            QAvgPool2d(2),
+            QRequant(FixedPointFormat(4, False, 6), "floor"),
+            QFlatten(),
+            QLinear.from_int(torch.ones(3, 2), None, FixedPointFormat(4, True, 2), None),
+        ],
+        (1, 3, 3),
+    )
+    model = onnx.shape_inference.infer_shapes(onnx_model(net), strict_mode=True)
+    floats = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        assert vi.type.tensor_type.elem_type not in floats, vi.name
+    for t in model.graph.initializer:
+        assert t.data_type not in floats, t.name
+    check_equal(net, model, random_inputs(net, 32))
