@@ -108,8 +108,11 @@ def test_resume_errors(tmp_path) -> None:
 
 
 def test_time_budget_stops_cleanly_and_still_evaluates(tmp_path) -> None:
-    res = train(_cfg(tmp_path, "tb", method="qa-ibp", eps=1, epochs=500, time_budget=0.05))
+    res = train(
+        _cfg(tmp_path, "tb", method="qa-ibp", eps=1, epochs=500, time_budget=0.05, pgd_n=30)
+    )
     m = res.metrics
+    assert m["pgd_n"] == 30 and m["n_test"] == 80
     assert m["stopped"] == "time budget" and m["epochs"] < 500
     assert 2.5 <= m["seconds"] <= 30
     assert res.model_path.exists() and res.metrics_path.exists()

@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pgd-steps", type=nonneg_int, default=d.pgd_steps, help="0: skip PGD")
     p.add_argument(
+        "--pgd-n", type=positive_int, default=None, help="PGD on the first N test samples only"
+    )
+    p.add_argument(
         "--threads",
         type=positive_int,
         default=None,
@@ -114,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         eval_eps=list(args.eval_eps),
         pgd_steps=args.pgd_steps,
+        pgd_n=args.pgd_n,
     )
     quiet = args.json
     res = train(
@@ -126,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
         print_json(m)
         return 0
     cert = ", ".join(f"ε={k}: {v:.4f}" for k, v in m["ibp_certified_acc"].items())
-    pgd = "-" if m["pgd_acc"] is None else f"{m['pgd_acc']:.4f} (ε={m['pgd_eps']})"
+    pgd = "-"
+    if m["pgd_acc"] is not None:
+        pgd = f"{m['pgd_acc']:.4f} (ε={m['pgd_eps']}, {m['pgd_n']} samples)"
     print(
         f"{m['method']} {m['arch']} on {m['dataset']}: {m['epochs']} epochs, {m['seconds']:.0f} s"
     )

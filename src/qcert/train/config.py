@@ -59,6 +59,7 @@ class TrainConfig:
     eval_eps: list[int] = field(default_factory=list)
     pgd_steps: int = 20
     pgd_restarts: int = 1
+    pgd_n: int | None = None
     calib_size: int = 2000
 
     def validate(self) -> TrainConfig:
@@ -83,7 +84,7 @@ class TrainConfig:
         _int(self.pgd_steps, "pgd steps", 0)
         _int(self.pgd_restarts, "pgd restarts", 1)
         _int(self.calib_size, "calibration size", 1)
-        for name in ("n_train", "n_test"):
+        for name in ("n_train", "n_test", "pgd_n"):
             if getattr(self, name) is not None:
                 _int(getattr(self, name), name.replace("_", "-"), 1)
         if self.lr is not None:

@@ -82,11 +82,13 @@ def evaluate_network(
     pgd_restarts: int = 1,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    pgd_n: int | None = None,
 ) -> dict[str, Any]:
     """Clean, exact-certified (per radius) and PGD accuracy of ``net`` on integer inputs ``x``.
 
     Returns ``clean_acc``, ``ibp_certified_acc`` (keyed by ε as a string), ``pgd_acc`` (at
-    ``pgd_eps``; None when ``pgd_eps`` is None or ``pgd_steps`` is 0), ``pgd_eps``, ``n_test``,
+    ``pgd_eps`` on the first ``pgd_n`` samples, all by default; None when ``pgd_eps`` is None or
+    ``pgd_steps`` is 0), ``pgd_eps``, ``pgd_n``, ``n_test``,
     ``certified_flags`` (per radius) and ``attacked_flags`` (bool tensors for further analysis,
     not JSON).
     """
@@ -100,17 +102,28 @@ def evaluate_network(
         flags[str(e)] = certified_flags(net, x, labels, e)
     pgd = None
     attacked: torch.Tensor | None = None
+    m = x.shape[0] if pgd_n is None else min(int(pgd_n), x.shape[0])
     if pgd_eps is not None and pgd_steps > 0:
         if log:
-            log(f"PGD ε={pgd_eps}, {pgd_steps} steps (on the samples not certified at that ε)")
+            log(f"PGD ε={pgd_eps}, {pgd_steps} steps on {m} samples (those not certified at ε)")
         cert = flags.get(str(pgd_eps))
-        attacked = pgd_counterexamples(net, x, labels, pgd_eps, cert, pgd_steps, pgd_restarts, seed)
-        pgd = 1.0 - int(attacked.sum()) / max(1, x.shape[0])
+        attacked = pgd_counterexamples(
+            net,
+            x[:m],
+            labels[:m],
+            pgd_eps,
+            None if cert is None else cert[:m],
+            pgd_steps,
+            pgd_restarts,
+            seed,
+        )
+        pgd = 1.0 - int(attacked.sum()) / max(1, m)
     return {
         "clean_acc": int(clean.sum()) / max(1, x.shape[0]),
         "ibp_certified_acc": {k: int(v.sum()) / max(1, x.shape[0]) for k, v in flags.items()},
         "pgd_acc": pgd,
         "pgd_eps": pgd_eps,
+        "pgd_n": m if pgd is not None else 0,
         "n_test": int(x.shape[0]),
         "certified_flags": flags,
         "attacked_flags": attacked,
@@ -129,12 +142,15 @@ def float_ibp_transfer(
     pgd_restarts: int = 1,
     seed: int = 0,
     attacked: dict[str, torch.Tensor] | None = None,
+    pgd_n: int | None = None,
 ) -> dict[str, Any]:
     """For each radius: how many inputs float IBP certifies for the float ``model``, and how many
     of those, after quantization to ``net``, are still certified by exact QA-IBP, are attackable
     (a PGD counterexample re-checked by the reference executor) or are neither.
 
-    ``attacked`` may hold per-radius flags from :func:`pgd_counterexamples` already computed.
+    ``attacked`` may hold per-radius flags from :func:`pgd_counterexamples` already computed on
+    the first ``len(flags)`` samples; attacks are run on the first ``pgd_n`` samples (all by
+    default), and ``attack_checked`` says on how many float-certified inputs.
     """
     from qcert.bounds.ibp import float_ibp_certified
 
@@ -144,20 +160,23 @@ def float_ibp_transfer(
         fl = float_ibp_certified(model, x, labels, float(e), input_scale, (float(lo), float(hi)))
         q_cert = qaibp_flags[str(e)]
         n_f = int(fl.sum())
-        attackable = None
+        attackable, checked = None, 0
+        m = x.shape[0] if pgd_n is None else min(int(pgd_n), x.shape[0])
         if attacked is not None and str(e) in attacked:
-            attackable = int((attacked[str(e)] & fl).sum())
+            a = attacked[str(e)]
+            attackable, checked = int((a & fl[: a.shape[0]]).sum()), int(fl[: a.shape[0]].sum())
         elif pgd_steps > 0:
-            idx = fl.nonzero().squeeze(1)
+            idx = fl[:m].nonzero().squeeze(1)
             hit = pgd_counterexamples(
                 net, x[idx], labels[idx], e, q_cert[idx], pgd_steps, pgd_restarts, seed
             )
-            attackable = int(hit.sum())
+            attackable, checked = int(hit.sum()), int(idx.numel())
         out[str(e)] = {
             "float_certified": n_f,
             "float_certified_acc": n_f / max(1, x.shape[0]),
             "still_certified_after_ptq": int((q_cert & fl).sum()),
             "not_certifiable_after_ptq": n_f - int((q_cert & fl).sum()),
             "attackable_after_ptq": attackable,
+            "attack_checked": checked,
         }
     return out

@@ -307,6 +307,7 @@ def train(
         cfg.pgd_restarts,
         cfg.seed,
         log=say,
+        pgd_n=cfg.pgd_n,
     )
     flags = ev.pop("certified_flags")
     attacked = ev.pop("attacked_flags")
@@ -331,6 +332,7 @@ def train(
             cfg.pgd_restarts,
             cfg.seed,
             attacked=None if attacked is None else {str(pgd_eps): attacked},
+            pgd_n=cfg.pgd_n,
         )
     metrics.update(
         {
