@@ -38,7 +38,7 @@ def assert_same_network(a: QNetwork, b: QNetwork) -> None:
     assert torch.equal(a.integer_forward(x), b.integer_forward(x))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(net=networks(), int8=st.booleans())
 def test_integer_round_trip(tmp_path_factory, net, int8) -> None:
     path = tmp_path_factory.mktemp("rt") / "m.onnx"

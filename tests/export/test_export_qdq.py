@@ -121,7 +121,7 @@ def qdq_networks(draw):
     return net
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(net=qdq_networks())
 def test_qdq_without_problems_is_bit_exact(net) -> None:
     model = onnx_model(net, "qdq")

@@ -2,10 +2,10 @@
 
 :class:`GraphBuilder` emits nodes and initializers with unique names. :func:`match_graph` decides
 whether an actual graph computes the same as an expected one by matching them as data-flow graphs
-from their inputs: same operator, same attributes, same constant values, same wiring. Tensor and node
-names are ignored; constants may be initializers or ``Constant`` nodes. Expected initializers listed
-as *wildcards* match any constant of the same dtype and shape, and the match returns their values
-(the importer reads weights this way).
+from their inputs: same operator, same attributes, same constant values, same wiring. Tensor and
+node names are ignored; constants may be initializers or ``Constant`` nodes. Expected initializers
+listed as *wildcards* match any constant of the same dtype and shape, and the match returns their
+values (the importer reads weights this way).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def tensors_equal(a: TensorProto, b: TensorProto) -> bool:
 
 @dataclass
 class GraphIndex:
-    """Producers, consumers and constants of a graph (initializers and ``Constant`` node outputs)."""
+    """Consumers and constants (initializers and ``Constant`` node outputs) of a graph."""
 
     nodes: list[onnx.NodeProto]
     consts: dict[str, TensorProto]

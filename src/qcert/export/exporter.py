@@ -30,7 +30,7 @@ INTEGER_OPSET = 13
 
 
 class InexactExportWarning(UserWarning):
-    """A QDQ export that may not equal the integer semantics bit for bit."""
+    """A QDQ graph (exported or imported) that may not equal the integer semantics bit for bit."""
 
 
 def metadata_of(net: QNetwork, flavour: str) -> dict[str, Any]:

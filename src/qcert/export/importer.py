@@ -238,10 +238,10 @@ def _import_integer(model: onnx.ModelProto, meta: dict[str, Any], name: str) -> 
     inp, out = _io(g, name)
     dtype, shape = _shape_of(inp, name)
     if dtype != input_elem_type(placeholder) or shape != placeholder.input_shape:
+        want = helper.tensor_dtype_to_np_dtype(input_elem_type(placeholder))
         raise ModelFileError(
             f"{name}: the graph input is {helper.tensor_dtype_to_np_dtype(dtype)} N×{shape}; its "
-            f"qcert metadata describes {helper.tensor_dtype_to_np_dtype(input_elem_type(placeholder))}"
-            f" N×{placeholder.input_shape}"
+            f"qcert metadata describes {want} N×{placeholder.input_shape}"
         )
     actual = GraphIndex.of_graph(g)
     cur = Val(inp.name, dtype, shape)
@@ -304,7 +304,7 @@ def check_same_graph(expected: onnx.GraphProto, actual: onnx.GraphProto, name: s
     e_in, e_out = _io(expected, name)
     a_in, a_out = _io(actual, name)
     if (
-        e_in.type != a_in.type
+        _shape_of(e_in, name) != _shape_of(a_in, name)
         or e_out.type.tensor_type.elem_type != a_out.type.tensor_type.elem_type
     ):
         raise ModelFileError(
@@ -424,7 +424,8 @@ class _QdqReader:
     def narrower(
         self, i: int, key: str, fmt: FixedPointFormat, values: np.ndarray
     ) -> FixedPointFormat:
-        """The metadata's format of layer ``i`` when it agrees with the graph and holds the values."""
+        """The metadata's format of layer ``i`` where it agrees with the graph and holds the
+        values (a narrower width than the stored type's)."""
         try:
             d = self.header["layers"][i][key] if self.header else None
             m = FixedPointFormat.from_dict(d) if d is not None else None
@@ -698,12 +699,13 @@ class _QdqReader:
         header = self.header or {}
         inp_meta = header.get("input", {}) if isinstance(header.get("input"), dict) else {}
         rng = inp_meta.get("range")
+        in_range = (rng[0], rng[1]) if isinstance(rng, list) and len(rng) == 2 else None
         try:
             return QNetwork(
                 self.layers,
                 in_shape,
                 in_fmt,
-                tuple(rng) if isinstance(rng, list) and len(rng) == 2 else None,  # type: ignore[arg-type]
+                in_range,
                 header.get("classes") if isinstance(header.get("classes"), list) else None,
                 header.get("meta") if isinstance(header.get("meta"), dict) else None,
             )

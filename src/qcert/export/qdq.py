@@ -2,18 +2,19 @@
 expect ``QuantizeLinear``/``DequantizeLinear`` around float operators.
 
 Weights are ``DequantizeLinear`` of int8/int16 codes (scale ``2**-frac``, zero point 0), biases
-``DequantizeLinear`` of int32 codes at the accumulator's scale; Conv / Gemm / AveragePool run in float32; every requantization
-is ``QuantizeLinear`` (scale ``2**-frac``, zero point 0) followed by ``DequantizeLinear`` for the next
-layer. The input is uint8 (unsigned input formats of at most 8 bits) or int64, the output int64 logits.
+``DequantizeLinear`` of int32 codes at the accumulator's scale; Conv / Gemm / AveragePool run in
+float32; every requantization is ``QuantizeLinear`` (scale ``2**-frac``, zero point 0) followed by
+``DequantizeLinear`` for the next layer. The input is uint8 (unsigned input formats of at most 8
+bits) or int64, the output int64 logits.
 
 This reproduces the integer semantics bit for bit exactly when :func:`qdq_problems` is empty:
 
 * ``QuantizeLinear`` rounds half to even and saturates to its output type, so every requantization
   must round ``half_even`` and have a format whose range is a type's range: 8 or 16 bits (int16 /
   uint16 need opset 21);
-* float32 holds integers exactly below 2**24, so every partial sum of every Conv/Gemm (in units of the
-  accumulator, bias included) and every pooling window sum must stay below 2**24, for every input in
-  the input range (checked with sound interval bounds); multiplying by a power-of-two scale is exact.
+* float32 holds integers exactly below 2**24, so every partial sum of every Conv/Gemm (in units of
+  the accumulator, bias included) and every pooling window sum must stay below 2**24, for every
+  input in the input range (checked with sound interval bounds); power-of-two scales are exact.
 """
 
 from __future__ import annotations
