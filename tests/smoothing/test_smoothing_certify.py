@@ -119,3 +119,13 @@ def test_cli_certify_json_and_tsv(tmp_path, capsys) -> None:
     argv = ["smooth", "predict", str(path), "--dataset", "digits", "--sigma", "0.25", "--n", "100"]
     assert main([*argv, "--n-samples", "2", "--arith", "float", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["arith"] == "float"
+
+
+def test_onnx_engine_gives_the_same_counts(digits) -> None:
+    net = digits_net()
+    x = digits.images[1]
+    a = IntegerSmoothing(net, 0.25, batch=256, engine="onnx").certify(x, 30, 500, 0.01, idx=1)
+    b = IntegerSmoothing(net, 0.25, batch=256, engine="torch").certify(x, 30, 500, 0.01, idx=1)
+    assert a.counts == b.counts and a.radius == b.radius and a.predict == b.predict
+    with pytest.raises(QcertError, match="unknown engine"):
+        IntegerSmoothing(net, 0.25, engine="gpu")

@@ -28,6 +28,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=finite_float, default=0.001, help="failure probability")
     p.add_argument("--batch", type=positive_int, default=1000, help="noisy samples per pass")
     p.add_argument("--arith", choices=["int", "float"], default="int")
+    p.add_argument(
+        "--engine",
+        choices=["onnx", "torch"],
+        default="onnx",
+        help="exact integer engine of the int path: onnxruntime integer kernels or the reference",
+    )
     p.add_argument("--n-samples", type=positive_int, default=None, help="how many test inputs")
     p.add_argument("--skip", type=positive_int, default=1, help="use every SKIP-th input")
     p.add_argument("--seed", type=int, default=0)
@@ -94,7 +100,7 @@ def run_certify(args: argparse.Namespace) -> int:
         summary = certify_dataset(
             net, images, labels, args.sigma, n=args.n, n0=args.n0, alpha=args.alpha,
             arith=args.arith, batch=args.batch, skip=args.skip, n_samples=args.n_samples,
-            seed=args.seed, out=args.out, on_row=on_row, ray=args.ray is not None,
+            seed=args.seed, out=args.out, on_row=on_row, engine=args.engine, ray=args.ray is not None,
             ray_address=args.ray, workers=args.workers,
         )  # fmt: skip
     summary.update({"sigma": args.sigma, "n_noise": args.n, "alpha": args.alpha})
@@ -117,7 +123,7 @@ def run_predict(args: argparse.Namespace) -> int:
         summary = predict_dataset(
             net, images, labels, args.sigma, n=args.n, alpha=args.alpha, arith=args.arith,
             batch=args.batch, skip=args.skip, n_samples=args.n_samples, seed=args.seed,
-            on_row=(lambda r: prog.advance(task)) if prog is not None else None,
+            engine=args.engine, on_row=(lambda r: prog.advance(task)) if prog is not None else None,
         )  # fmt: skip
     rows = summary.pop("rows")
     if args.json:

@@ -91,6 +91,7 @@ _WORKER_CACHE: dict[tuple, Any] = {}
 def _smoother_for(payload: dict[str, Any]):
     """A smoothed classifier rebuilt from the payload's model bytes (cached per worker process)."""
     key = (hash(payload["model"]), payload["sigma"], payload["arith"], payload["batch"])
+    key += (payload["engine"],)
     if key not in _WORKER_CACHE:
         from qcert.quant.io import model_from_bytes
 
@@ -127,6 +128,7 @@ def certify_dataset(
     out: str | os.PathLike[str] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    engine: str = "torch",
     ray: bool = False,
     ray_address: str | None = None,
     workers: int | None = None,
@@ -143,7 +145,7 @@ def certify_dataset(
     if n < 1 or n0 < 1:
         raise InputError(f"n and n0 must be ≥ 1, got n={n}, n0={n0}")
     kw = {"logits_fn": logits_fn} if (arith == "int" and logits_fn is not None) else {}
-    smoother = make_smoothing(net, sigma, arith, batch, **kw)
+    smoother = make_smoothing(net, sigma, arith, batch, engine, **kw)
     rows = read_rows(out) if out is not None else []
     done = {row["idx"] for row in rows}
     todo = [i for i in _indices(images.shape[0], skip, n_samples) if i not in done]
@@ -153,7 +155,7 @@ def certify_dataset(
 
         payload = {
             "model": model_to_bytes(net), "images": images, "sigma": sigma, "arith": arith,
-            "batch": batch, "n0": n0, "n": n, "alpha": alpha, "seed": seed,
+            "batch": batch, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "engine": engine,
         }  # fmt: skip
         results = ray_map(_certify_one, payload, todo, address=ray_address, workers=workers)
     else:
@@ -210,10 +212,11 @@ def predict_dataset(
     n_samples: int | None = None,
     seed: int = 0,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """PREDICT every ``skip``-th sample; returns accuracy, abstain rate and the rows."""
     _check_alpha(alpha)
-    smoother = make_smoothing(net, sigma, arith, batch)
+    smoother = make_smoothing(net, sigma, arith, batch, engine)
     rows = []
     t0 = time.perf_counter()
     for i in _indices(images.shape[0], skip, n_samples):

@@ -126,10 +126,15 @@ class IntegerSmoothing(_Smoothing):
         sigma: float,
         batch: int = 1000,
         logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        engine: str = "torch",
     ) -> None:
         super().__init__(net, sigma, batch)
         self.noise = DiscreteGaussian(self.sigma_levels)
-        self.logits_fn = logits_fn or net.integer_forward
+        if logits_fn is None:
+            from qcert.smoothing.engine import integer_engine
+
+            logits_fn = integer_engine(net, engine)
+        self.logits_fn = logits_fn
 
     def _classify_noisy(self, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
         lo, hi = self.net.input_range
@@ -167,11 +172,11 @@ class FloatSmoothing(_Smoothing):
 
 
 def make_smoothing(
-    net: QNetwork, sigma: float, arith: str = "int", batch: int = 1000, **kw
+    net: QNetwork, sigma: float, arith: str = "int", batch: int = 1000, engine: str = "torch", **kw
 ) -> IntegerSmoothing | FloatSmoothing:
-    """The smoothed classifier for ``arith`` ``"int"`` or ``"float"``."""
+    """The smoothed classifier for ``arith`` ``"int"`` (on ``engine``) or ``"float"``."""
     if arith == "int":
-        return IntegerSmoothing(net, sigma, batch, **kw)
+        return IntegerSmoothing(net, sigma, batch, engine=engine, **kw)
     if arith == "float":
         return FloatSmoothing(net, sigma, batch)
     raise SmoothingError(f"arith must be 'int' or 'float', got {arith!r}")
