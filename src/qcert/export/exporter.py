@@ -54,8 +54,9 @@ def onnx_model(
     Args:
         flavour: ``"integer"`` (integer operators only; bit-exact for every network qcert accepts
             whose requantization shifts are at most 62 bits right / 46 bits left) or ``"qdq"``
-            (QuantizeLinear/DequantizeLinear around float operators; bit-exact only under the
-            conditions of :func:`qcert.export.qdq.qdq_problems`).
+            (QuantizeLinear/DequantizeLinear around float operators; bit-exact as written only
+            under the conditions of :func:`qcert.export.qdq.qdq_problems`, and in backends that
+            fuse it into uint8×int8 kernels under ``qdq_problems(net, fused_kernels=True)``).
         int8_kernels: integer flavour: use MatMulInteger/ConvInteger where provably exact
             (otherwise int64 MatMul everywhere).
         strict: QDQ flavour: raise :class:`FormatError` when the graph is not provably bit-exact;

@@ -369,6 +369,17 @@ class _QdqReader:
             raise self.err(n, f"{what} must be a constant")
         return tensor_values(self.idx.consts[t])
 
+    def scale(self, t: str, n: onnx.NodeProto, what: str) -> int:
+        """The fractional bits of a float32 power-of-two scale (other float types would make the
+        graph compute in another precision)."""
+        if t not in self.idx.consts:
+            raise self.err(n, f"{what} must be a constant")
+        if self.idx.consts[t].data_type != TensorProto.FLOAT:
+            raise self.err(n, f"{what} must be float32")
+        return _frac_of_scale(
+            tensor_values(self.idx.consts[t]), f"{self.name} ({n.op_type}): {what}"
+        )
+
     def zero_point(self, n: onnx.NodeProto, default_type: int) -> int:
         """Check the zero point is 0; return its element type (the codes' type)."""
         if len(n.input) < 3 or not n.input[2]:
@@ -413,7 +424,7 @@ class _QdqReader:
             raise self.err(n, f"{what} is shared with another node")
         self.visited.add(pi)
         codes = self.const(dq.input[0], dq, what).astype(np.int64)
-        frac = _frac_of_scale(self.const(dq.input[1], dq, f"{what} scale"), f"{self.name}: {what}")
+        frac = self.scale(dq.input[1], dq, f"{what} scale")
         dtype = self.zero_point(dq, self.idx.consts[dq.input[0]].data_type)
         if dtype != self.idx.consts[dq.input[0]].data_type:
             raise self.err(dq, "zero point type differs from the codes' type")
@@ -544,9 +555,7 @@ class _QdqReader:
         a = self.attrs(q)
         if a.get("block_size", 0):
             raise self.err(q, "blocked quantization is not supported")
-        frac = _frac_of_scale(
-            self.const(q.input[1], q, "the scale"), f"{self.name}: QuantizeLinear"
-        )
+        frac = self.scale(q.input[1], q, "the scale")
         dtype = self.zero_point(q, a.get("output_dtype", 0) or TensorProto.UINT8)
         fmt = self.codes_format(dtype, q, frac)
         if fmt.bits > 16:
@@ -579,7 +588,7 @@ class _QdqReader:
             # a float input quantized by the graph: the codes are the network's input
             if n.op_type != "QuantizeLinear":
                 raise self.err(n, "a float input must first go through QuantizeLinear")
-            frac = _frac_of_scale(self.const(n.input[1], n, "the scale"), self.name)
+            frac = self.scale(n.input[1], n, "the scale")
             in_fmt = self.codes_format(self.zero_point(n, TensorProto.UINT8), n, frac)
             cur, n = n.output[0], self.next_node(n.output[0])
         elif dtype == TensorProto.INT64:  # qcert's own int64 input: Cast to float, Mul by the scale
@@ -589,7 +598,7 @@ class _QdqReader:
             if mul is None or mul.op_type != "Mul":
                 raise self.err(n, "the cast input must be multiplied by its scale")
             other = mul.input[1] if mul.input[0] == n.output[0] else mul.input[0]
-            frac = _frac_of_scale(self.const(other, mul, "the scale"), self.name)
+            frac = self.scale(other, mul, "the scale")
             if meta_fmt is None or meta_fmt.frac != frac or meta_fmt.bits > 16:
                 raise self.err(mul, "an int64 input needs its format in the qcert metadata")
             in_fmt, kind = meta_fmt, "real"
@@ -597,7 +606,7 @@ class _QdqReader:
         elif dtype in INT_TYPES:
             if n.op_type != "DequantizeLinear":
                 raise self.err(n, "an integer input must first go through DequantizeLinear")
-            frac = _frac_of_scale(self.const(n.input[1], n, "the scale"), self.name)
+            frac = self.scale(n.input[1], n, "the scale")
             if self.zero_point(n, dtype) != dtype:
                 raise self.err(n, "zero point type differs from the input type")
             in_fmt, kind = self.codes_format(dtype, n, frac), "real"
@@ -620,7 +629,7 @@ class _QdqReader:
             if relu and op != "QuantizeLinear":
                 raise self.err(n, "Relu must be followed by QuantizeLinear")
             if op == "DequantizeLinear" and kind == "codes":
-                frac = _frac_of_scale(self.const(n.input[1], n, "the scale"), self.name)
+                frac = self.scale(n.input[1], n, "the scale")
                 if frac != self.frac:
                     raise self.err(
                         n, "DequantizeLinear rescales (its scale differs from the codes')"
@@ -670,7 +679,7 @@ class _QdqReader:
                 cur = n.output[0]
             elif op == "Mul" and kind == "real":
                 other = n.input[1] if n.input[0] == cur else n.input[0]
-                k = -_frac_of_scale(self.const(other, n, "the output scale"), self.name)
+                k = -self.scale(other, n, "the output scale")
                 cast = self.next_node(n.output[0])
                 if k != self.frac or cast is None or cast.op_type != "Cast":
                     raise self.err(n, "only Mul by 2**logit_frac followed by Cast (the output)")
