@@ -68,6 +68,32 @@ def test_requantize_matches_reference_and_fake(
     assert torch.equal(fake.to(torch.int64), got)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    bits=st.integers(2, 16),
+    signed=st.booleans(),
+    shift=st.integers(0, 80),
+    values=st.lists(st.integers(-(2**62), 2**62), min_size=1, max_size=20),
+)
+def test_left_shift_saturates_without_overflow(bits, signed, shift, values) -> None:
+    fmt = FixedPointFormat(bits, signed, 32)
+    acc = torch.tensor(values, dtype=torch.int64)
+    got = requantize(acc, 32 - shift if shift <= 64 else -32, fmt, "half_up").tolist()
+    k = shift if shift <= 64 else 64
+    want = [min(max(a * 2**k, fmt.qmin), fmt.qmax) for a in values]
+    assert got == want
+
+
+def test_left_shift_overflow_regression() -> None:
+    # 2**23 shifted left by 40 bits is 2**63: it must saturate to 127, not wrap to -128
+    fmt = FixedPointFormat(8, True, 20)
+    assert requantize(torch.tensor([2**23, -(2**23), 0]), -20, fmt, "half_up").tolist() == [
+        127,
+        -128,
+        0,
+    ]
+
+
 def test_fake_requantize_clipped_ste_gradient() -> None:
     fmt = FixedPointFormat(4, False, 0)  # codes 0..15
     v = torch.tensor([-3.0, 0.2, 7.6, 14.9, 15.6, 40.0], requires_grad=True)

@@ -61,7 +61,16 @@ def networks(draw):
             draw(st.integers(2, 16)),
             draw(st.booleans()),
             # small shifts make exact ties (x.5) common; large ones exercise saturation
-            max(-32, min(32, in_frac - draw(st.one_of(st.integers(-2, 3), st.integers(-3, 20))))),
+            max(
+                -32,
+                min(
+                    32,
+                    in_frac
+                    - draw(
+                        st.one_of(st.integers(-2, 3), st.integers(-3, 20), st.integers(-45, -4))
+                    ),
+                ),
+            ),
         )
         return QRequant(f, draw(rules))
 

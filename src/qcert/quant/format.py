@@ -104,7 +104,8 @@ class FixedPointFormat:
 def round_shift(acc: torch.Tensor, shift: int, rounding: Rounding | str) -> torch.Tensor:
     """Exact ``round(acc / 2**shift)`` of an int64 tensor with the given rule (``shift`` may be ≤ 0).
 
-    A non-positive shift multiplies by ``2**-shift`` exactly; a positive one rounds.
+    A non-positive shift multiplies by ``2**-shift`` exactly (the caller keeps the product below
+    2**63; :func:`requantize` does); a positive one rounds.
     """
     rounding = Rounding.parse(rounding)
     if acc.dtype != torch.int64:
@@ -128,8 +129,21 @@ def requantize(
     """Integer requantization: ``saturate(round(acc * 2**(fmt.frac - frac_in)))`` in int64.
 
     This is the reference semantics; :func:`fake_requantize` computes the same in floating point.
+    A left shift (``fmt.frac > frac_in``) saturates without int64 overflow: values that would
+    leave the format are clamped before they are multiplied.
     """
-    q = round_shift(acc, frac_in - fmt.frac, rounding)
+    shift = frac_in - fmt.frac
+    if shift < 0:
+        k = -shift
+        if k >= 62:  # every nonzero value saturates
+            return torch.where(
+                acc > 0,
+                torch.full_like(acc, fmt.qmax),
+                torch.where(acc < 0, torch.full_like(acc, fmt.qmin), torch.zeros_like(acc)),
+            )
+        m = 1 << k
+        acc = acc.clamp(-((-fmt.qmin) // m) - 1, fmt.qmax // m + 1)
+    q = round_shift(acc, shift, rounding)
     return q.clamp(fmt.qmin, fmt.qmax)
 
 
