@@ -1,9 +1,14 @@
-"""The main job behind ``make demo``: MNIST → float training → 8-bit QNetwork → exact evaluation.
+"""The main job behind ``make demo``, end to end on MNIST in about ten minutes on two CPU cores:
 
-Run with ``python -m qcert.demo [--out DIR] [--seconds S]``. It trains a small float network for about
-a minute on the offline MNIST, converts it to an 8-bit integer network with ``from_float``, saves the
-``.qnn`` model, and compares the float accuracy with the integer accuracy computed by the reference
-executor.
+1. train (or reuse from the output folder) a small QA-IBP model and a QAT model of the same size;
+2. verify a few hundred test inputs of each at ε = 1 and ε = 4 with the complete verifier;
+3. certify them with integer randomized smoothing (σ = 0.25);
+4. export the QA-IBP model to an integer-only ONNX graph and check it in onnxruntime on the whole
+   MNIST test set;
+5. write the report (PNG plots and index.html) and print where it is.
+
+Run with ``python -m qcert.demo [--out DIR] [--n N] [--fresh]``. Every result is saved as it comes;
+rerunning reuses the trained models and finished verification / smoothing rows.
 """
 
 from __future__ import annotations
@@ -13,104 +18,137 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
 from qcert.data import load
-from qcert.quant import from_float, load_model, save_model
-from qcert.quant.evaluate import accuracy
+from qcert.quant import load_model
 
 console = Console()
 
 
-def train_float(
-    images: torch.Tensor, labels: torch.Tensor, seconds: float, seed: int = 0
-) -> nn.Sequential:
-    """A small float MLP trained with Adam for about ``seconds`` (inputs scaled by 1/256)."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(784, 256),
-        nn.ReLU(),
-        nn.Linear(256, 128),
-        nn.ReLU(),
-        nn.Linear(128, 10),
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = images.float() / 256.0
-    t0, step, epoch = time.perf_counter(), 0, 0
-    while time.perf_counter() - t0 < seconds and epoch < 20:
-        perm = torch.randperm(x.shape[0])
-        for s in range(0, x.shape[0], 128):
-            idx = perm[s : s + 128]
-            loss = nn.functional.cross_entropy(model(x[idx]), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if time.perf_counter() - t0 > seconds:
-                break
-        epoch += 1
-    console.print(f"trained the float MLP for {step} steps ({time.perf_counter() - t0:.0f} s)")
-    return model.eval()
+def _train(out: Path, method: str, minutes: float, fresh: bool) -> Path:
+    """Train a cnn-small MNIST model with ``method`` in ``minutes`` unless ``out`` has one."""
+    from qcert.train import TrainConfig, train
+
+    model, metrics = out / "model.qnn", out / "metrics.json"
+    if model.exists() and metrics.exists() and not fresh:
+        console.print(f"reusing {model} (delete it or pass --fresh to retrain)")
+        return out
+    console.rule(f"training {method} ({minutes:g} min budget)")
+    cfg = TrainConfig(
+        dataset="mnist", out=str(out), arch="cnn-small", method=method, eps=4, epochs=50,
+        time_budget=minutes, n_test=1000, pgd_n=200, eval_eps=[1, 4],
+    )  # fmt: skip
+    train(cfg, progress=True)
+    return out
+
+
+def _verify(net, images, labels, eps: int, path: Path) -> dict:
+    from qcert.progress import progress_task
+    from qcert.verify import verify_dataset
+
+    with progress_task(f"verify ε={eps} {path.parent.name}", images.shape[0]) as (prog, task):
+        return verify_dataset(
+            net, images, labels, eps, out=path, timeout=10.0,
+            on_result=(lambda r: prog.advance(task)) if prog is not None else None,
+        )  # fmt: skip
+
+
+def _smooth(net, images, labels, path: Path) -> dict:
+    from qcert.progress import progress_task
+    from qcert.smoothing.run import certify_dataset
+
+    with progress_task(f"smooth σ=0.25 {path.parent.name}", images.shape[0]) as (prog, task):
+        summary = certify_dataset(
+            net, images, labels, 0.25, n=2000, n0=100, alpha=0.001, arith="int", engine="onnx",
+            out=path, on_row=(lambda r: prog.advance(task)) if prog is not None else None,
+        )  # fmt: skip
+    path.with_suffix(".tsv.json").write_text(json.dumps({**summary, "sigma": 0.25}, indent=2))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m qcert.demo", description=__doc__)
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
-    p.add_argument("--seconds", type=float, default=45.0, help="float training time")
+    p.add_argument("--n", type=int, default=200, help="test inputs to verify and smooth")
+    p.add_argument("--qaibp-minutes", type=float, default=3.0)
+    p.add_argument("--qat-minutes", type=float, default=1.0)
+    p.add_argument("--fresh", action="store_true", help="retrain even if models exist")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-
     t0 = time.perf_counter()
-    train = load("mnist", "train")
+
     test = load("mnist", "test")
-    console.print(f"MNIST: {len(train)} train / {len(test)} test images, uint8 pixels")
+    x, y = test.images[: args.n], test.labels[: args.n]
+    runs = {
+        "qa-ibp": _train(out / "qaibp", "qa-ibp", args.qaibp_minutes, args.fresh),
+        "qat": _train(out / "qat", "qat", args.qat_minutes, args.fresh),
+    }
 
-    model = train_float(train.images, train.labels, args.seconds)
-    with torch.no_grad():
-        float_acc = float(
-            (model(test.images.float() / 256.0).argmax(1) == test.labels).float().mean()
-        )
+    results: list[Path] = []
+    rows = {}
+    for name, folder in runs.items():
+        net = load_model(folder / "model.qnn")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        row = {"clean": metrics["clean_acc"], "box": metrics["ibp_certified_acc"]}
+        for eps in (1, 4):
+            path = folder / f"verify-eps{eps}.jsonl"
+            row[f"verified{eps}"] = _verify(net, x, y, eps, path)
+            results.append(path)
+        tsv = folder / "smooth-sigma0.25-int.tsv"
+        row["smooth"] = _smooth(net, x, y, tsv)
+        results += [tsv, folder / "metrics.json"]
+        rows[name] = row
 
-    rows = []
-    for bits in (8, 4):
-        net = from_float(model, train.images[:2000], bits=bits, input_scale=1.0 / 256.0)
-        path = out / f"mnist-mlp-int{bits}.qnn"
-        save_model(net, path)
-        net = load_model(path)  # evaluate what was saved
-        t1 = time.perf_counter()
-        int_acc = accuracy(net, test.images, test.labels)
-        secs = time.perf_counter() - t1
-        rows.append((bits, int_acc, secs, path, net.weight_bytes()))
+    console.rule("ONNX export")
+    from qcert.export import compare_onnx, to_onnx
 
-    table = Table(title="MNIST test accuracy: float vs exact integer execution")
-    for col in ("model", "accuracy", "weights", "eval time", "file"):
-        table.add_column(col)
-    table.add_row(
-        "float32 MLP",
-        f"{float_acc:.4f}",
-        f"{sum(p.numel() for p in model.parameters()) * 4} B",
-        "",
-        "",
+    onnx_path = out / "qaibp" / "model.onnx"
+    qaibp = load_model(runs["qa-ibp"] / "model.qnn")
+    to_onnx(qaibp, onnx_path)
+    check = compare_onnx(qaibp, onnx_path, test.images)
+    console.print(
+        f"{onnx_path}: onnxruntime logits equal the reference executor on "
+        f"{check['equal_logits']}/{check['n']} MNIST test images"
     )
-    for bits, acc, secs, path, nbytes in rows:
+
+    from qcert.report import build_report
+
+    page = build_report(results, out / "report")
+
+    table = Table(
+        title=f"MNIST, cnn-small 8-bit: first {args.n} test inputs for verify / smoothing"
+    )
+    for col in (
+        "model", "clean", "QA-IBP box ε=1", "ε=4", "verified ε=1", "ε=4", "timeouts",
+        "smoothing σ=.25 r=0.25",
+    ):  # fmt: skip
+        table.add_column(col)
+    for name, r in rows.items():
+        v1, v4 = r["verified1"], r["verified4"]
         table.add_row(
-            f"int{bits} QNetwork", f"{acc:.4f}", f"{nbytes} B", f"{secs:.2f} s", str(path)
+            name,
+            f"{r['clean']:.3f}",
+            f"{r['box'].get('1', float('nan')):.3f}",
+            f"{r['box'].get('4', float('nan')):.3f}",
+            f"{v1['certified_acc']:.3f}",
+            f"{v4['certified_acc']:.3f}",
+            f"{v1['timeout'] + v4['timeout']}",
+            f"{r['smooth']['certified_acc']['0.25']:.3f}",
         )
     console.print(table)
     summary = {
-        "float_acc": float_acc,
-        "int_acc": {str(b): a for b, a, *_ in rows},
+        "models": {k: str(v / "model.qnn") for k, v in runs.items()},
+        "onnx_equal_logits": check["equal_logits"],
+        "onnx_n": check["n"],
         "seconds": round(time.perf_counter() - t0, 1),
+        "report": str(page),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    console.print(f"models and summary.json written to {out}/ in {summary['seconds']} s")
-    return 0
+    console.print(f"done in {summary['seconds']} s; the report is at {page}")
+    return 0 if check["equal_logits"] == check["n"] else 1
 
 
 if __name__ == "__main__":

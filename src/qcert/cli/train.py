@@ -1,12 +1,16 @@
-"""``qcert train``: QA-IBP certified training and the qat / float / float-ibp baselines.
+"""``qcert train``: QA-IBP certified training and the qat / float / float-ibp baselines, noise
+training for randomized smoothing (``--method noise --sigma S``) and PGD adversarial training of a
+float network (``--method pgd``, for ``qcert quantize``).
 
 Writes DIR/model.qnn, DIR/metrics.json and DIR/checkpoint.safetensors (every epoch; --resume
-continues it). See docs/training.md.
+continues it); ``--method pgd`` writes DIR/float.safetensors and DIR/metrics.json. See
+docs/training.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from qcert.cli.common import console, finite_float, nonneg_int, positive_int, print_json
 
@@ -37,7 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-root", default=None, help="folder with the dataset files (IDX, CIFAR)")
     p.add_argument("--arch", default=DEFAULT_ARCH, help=f"one of {', '.join(ARCHS)}")
-    p.add_argument("--method", default="qa-ibp", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--method", default="qa-ibp", help=f"one of {', '.join([*METHODS, 'pgd'])}")
+    p.add_argument(
+        "--sigma",
+        type=finite_float,
+        default=d.sigma,
+        help="noise level of --method noise, in [0,1] units (as qcert smooth)",
+    )
+    p.add_argument(
+        "--pgd-train-steps", type=positive_int, default=7, help="PGD steps of --method pgd"
+    )
+    p.add_argument(
+        "--pgd-step-size", type=finite_float, default=None, help="PGD step of --method pgd"
+    )
     p.add_argument(
         "--eps", type=int, default=d.eps, help="training radius in input steps (pixel levels)"
     )
@@ -92,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.method == "pgd":
+        return _run_pgd(args)
     cfg = TrainConfig(
         dataset=args.dataset,
         out=args.out,
@@ -118,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         eval_eps=list(args.eval_eps),
         pgd_steps=args.pgd_steps,
         pgd_n=args.pgd_n,
+        sigma=args.sigma,
     )
     quiet = args.json
     res = train(
@@ -140,4 +159,30 @@ def run(args: argparse.Namespace) -> int:
     print(f"certified (exact QA-IBP) {cert}")
     print(f"PGD accuracy {pgd}")
     print(f"wrote {res.model_path} and {res.metrics_path}")
+    return 0
+
+
+def _run_pgd(args: argparse.Namespace) -> int:
+    """``--method pgd``: PGD adversarial training of a float network (qcert.layerwise.advtrain);
+    writes DIR/float.safetensors (read by ``qcert quantize``) and DIR/metrics.json."""
+    from qcert.errors import InputError
+    from qcert.layerwise.advtrain import train_pgd
+
+    if args.arch not in ("mlp-small", "cnn-small"):
+        raise InputError(f"--method pgd trains mlp-small or cnn-small, not {args.arch!r}")
+    if args.eps < 0:
+        raise InputError(f"eps must be ≥ 0, got {args.eps}")
+    metrics = train_pgd(
+        args.dataset, args.arch, args.eps, args.epochs, args.out,
+        steps=args.pgd_train_steps, step_size=args.pgd_step_size,
+        time_budget=None if args.time_budget is None else args.time_budget * 60.0,
+        seed=args.seed, progress=not args.json,
+        data_root=args.data_root, n_train=args.n_train,
+        batch_size=args.batch_size, lr=args.lr if args.lr is not None else 1e-3,
+    )  # fmt: skip
+    if args.json:
+        print_json(metrics)
+    else:
+        print(json.dumps(metrics, indent=2))
+        print(f"wrote {args.out}/float.safetensors and {args.out}/metrics.json")
     return 0

@@ -16,10 +16,11 @@ METHODS: dict[str, str] = {
     "qat": "plain quantization-aware training: cross-entropy on the fake-quant forward",
     "float": "float training, then post-training quantization (qcert.quant.from_float)",
     "float-ibp": "float IBP certified training (Gowal et al. 2018), then post-training quantization",
+    "noise": "noise-augmented QAT for randomized smoothing: integer discrete Gaussian noise (--sigma)",
 }
 
 #: learning rate per method when ``lr`` is not given
-DEFAULT_LR = {"qa-ibp": 1e-3, "qat": 1e-3, "float": 1e-3, "float-ibp": 1e-3}
+DEFAULT_LR = {"qa-ibp": 1e-3, "qat": 1e-3, "float": 1e-3, "float-ibp": 1e-3, "noise": 1e-3}
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TrainConfig:
     pgd_restarts: int = 1
     pgd_n: int | None = None
     calib_size: int = 2000
+    sigma: float = 0.25
 
     def validate(self) -> TrainConfig:
         """Raise :class:`ConfigError` naming the first invalid field; return self."""
@@ -102,6 +104,7 @@ class TrainConfig:
             raise ConfigError(f"warmup + ramp = {self.warmup + self.ramp} exceeds 1")
         if self.time_budget is not None:
             _real(self.time_budget, "time budget", positive=True)
+        _real(self.sigma, "sigma", positive=True)
         for e in self.eval_eps:
             _int(e, "evaluation eps", 0)
         if isinstance(self.bits, list):

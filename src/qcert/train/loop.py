@@ -31,7 +31,7 @@ from qcert.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint,
 from qcert.train.config import TrainConfig
 from qcert.train.data import epoch_batches, epoch_generator, pad_and_crop
 from qcert.train.evaluate import evaluate_network, float_ibp_transfer
-from qcert.train.qaibp import QAIBPMethod, QATMethod
+from qcert.train.qaibp import NoiseMethod, QAIBPMethod, QATMethod
 from qcert.train.schedules import RampSchedule, progress_of
 
 __all__ = ["METHOD_CLASSES", "TrainResult", "make_method", "train"]
@@ -41,6 +41,7 @@ METHOD_CLASSES: dict[str, type[TrainMethod]] = {
     "qat": QATMethod,
     "float": FloatMethod,
     "float-ibp": FloatIBPMethod,
+    "noise": NoiseMethod,
 }
 
 #: fields that define the trajectory of a run: a resumed run must use the checkpoint's values

@@ -16,7 +16,7 @@ from qcert.train.archs import build_qnetwork
 from qcert.train.base import ScheduleValues, StepStats, TrainMethod
 from qcert.train.losses import robust_loss, width_penalty
 
-__all__ = ["QAIBPMethod", "QATMethod"]
+__all__ = ["NoiseMethod", "QAIBPMethod", "QATMethod"]
 
 
 class QATMethod(TrainMethod):
@@ -71,3 +71,32 @@ class QAIBPMethod(QATMethod):
         loss = ce + sv.kappa * rob + sv.lam * width_penalty(b.widths)
         cert = int((b.certified(y) & ok).sum())
         return loss, StepStats(float(loss.detach()), int(y.numel()), int(ok.sum()), cert)
+
+
+class NoiseMethod(QATMethod):
+    """Noise-augmented quantization-aware training for integer randomized smoothing (the base
+    classifier of Lin et al., ICCV 2021, trained as Cohen et al. train theirs): cross-entropy on
+    ``clamp(x + δ)`` with ``δ`` the same integer discrete Gaussian noise that smoothing samples,
+    σ = ``config.sigma`` in [0, 1] units (``sigma × LEVELS`` input levels)."""
+
+    name = "noise"
+
+    def build(self) -> QNetwork:
+        from qcert.smoothing.noise import DiscreteGaussian
+
+        net = super().build()
+        lo, hi = net.input_range
+        self.noise = DiscreteGaussian(self.config.sigma * (hi - lo))
+        # noise draws are seeded by the run's seed (a resumed run draws fresh noise)
+        self.gen = torch.Generator().manual_seed(int(self.config.seed) * 7919 + 11)
+        return net
+
+    def loss(
+        self, x: torch.Tensor, y: torch.Tensor, sv: ScheduleValues
+    ) -> tuple[torch.Tensor, StepStats]:
+        lo, hi = self.net.input_range
+        delta = self.noise.sample(tuple(x.shape), self.gen).to(x.dtype)
+        return super().loss((x + delta).clamp(lo, hi), y, sv)
+
+    def meta(self) -> dict:
+        return {**super().meta(), "sigma": self.config.sigma}
