@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qcert.quant import QNetwork, argmax_first, to_float
+from qcert.quant import QNetwork, to_float
 from qcert.smoothing.noise import DiscreteGaussian, SmoothingError
 from qcert.smoothing.radius import NOT_CERTIFIED, certified_radius
 from qcert.smoothing.stats import binom_test_abstain, lower_confidence_bound
@@ -130,17 +130,22 @@ class IntegerSmoothing(_Smoothing):
     ) -> None:
         super().__init__(net, sigma, batch)
         self.noise = DiscreteGaussian(self.sigma_levels)
-        if logits_fn is None:
-            from qcert.smoothing.engine import integer_engine
+        from qcert.smoothing.engine import integer_classifier, integer_engine
 
+        if logits_fn is None:
             logits_fn = integer_engine(net, engine)
         self.logits_fn = logits_fn
+        self.classify = integer_classifier(lambda q: self.logits_fn(q))
+        lo, hi = net.input_range
+        # x + δ fits int16 when the noise table's support and the input range are small enough
+        small = self.noise.support_bound + max(abs(lo), abs(hi)) < 2**15
+        self.work_dtype = torch.int16 if small else torch.int64
 
     def _classify_noisy(self, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
         lo, hi = self.net.input_range
-        delta = self.noise.sample((k, *x.shape), g)
-        noisy = (x.to(torch.int64).unsqueeze(0) + delta).clamp_(lo, hi)
-        return argmax_first(self.logits_fn(noisy))
+        delta = self.noise.sample((k, *x.shape), g).to(self.work_dtype)
+        noisy = (x.to(self.work_dtype).unsqueeze(0) + delta).clamp_(lo, hi)
+        return self.classify(noisy)
 
     def radius(self, p_lower: float) -> float:
         r = certified_radius(p_lower, self.noise, self.dim)
