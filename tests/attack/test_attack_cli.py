@@ -21,7 +21,7 @@ def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     x = ds.images.reshape(-1, 64).float() / 255
     m = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
     opt = torch.optim.Adam(m.parameters(), 2e-2)
-    for _ in range(60):
+    for _ in range(30):
         loss = nn.functional.cross_entropy(m(x), ds.labels)
         opt.zero_grad()
         loss.backward()

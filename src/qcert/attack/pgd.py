@@ -5,6 +5,8 @@ Distance: L∞, in input integer steps (the box ``[lo, hi]`` is usually ``eps_bo
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from qcert.attack.base import Attack, AttackResult, FakeForward, Goal
@@ -60,6 +62,7 @@ class PGD(Attack):
         seed: int = 0,
         loss: str = "targeted",
         fake: FakeForward | None = None,
+        deadline: float | None = None,
     ) -> None:
         super().__init__(net)
         for name, v in (("steps", steps), ("restarts", restarts)):
@@ -73,6 +76,7 @@ class PGD(Attack):
         self.step_size = None if step_size is None else float(step_size)
         self.seed, self.loss = int(seed), loss
         self._fake = fake
+        self.deadline = deadline
 
     @torch.no_grad()
     def search(
@@ -96,6 +100,8 @@ class PGD(Attack):
             return best.view(n, *shape)
         gen = torch.Generator().manual_seed(self.seed)
         for r in range(self.restarts):
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                break
             boxes = (~done).nonzero().squeeze(1)
             if not boxes.numel():
                 break
@@ -173,6 +179,8 @@ class PGD(Attack):
                 best[box[idx]] = cand[idx]
                 best_score[box[idx]] = anyv[idx]
             if grad is None:
+                break
+            if self.deadline is not None and time.monotonic() > self.deadline:
                 break
             live = ~done[box]
             if not live.any():

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             method=args.method,
             options=options,
             on_result=on_result,
-            extra={"model": Path(args.model).stem},
+            extra={"model": str(args.model)},
         )
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     if args.json:

@@ -47,7 +47,7 @@ class BabOptions:
         engine: bound engine, ``auto`` (float64 where provably exact) or ``int64``.
     """
 
-    split: str = "bound"
+    split: str = "smear"
     batch: int = 256
     max_queue: int = 100_000
     attack_steps: int = 20
@@ -189,7 +189,12 @@ def bab_search(
         if fake is None:
             fake = FakeForward(net)
         pgd = PGD(
-            net, steps=opt.attack_steps, restarts=opt.attack_restarts, seed=opt.seed, fake=fake
+            net,
+            steps=opt.attack_steps,
+            restarts=opt.attack_restarts,
+            seed=opt.seed,
+            fake=fake,
+            deadline=deadline,
         )
         x0b = None if x0 is None else x0.reshape(1, *net.input_shape)
         res = pgd(lo, hi, goal=goal, x0=x0b)
@@ -224,16 +229,17 @@ def bab_search(
         if not keep.any():
             continue
         clo, chi, child_ub, bad = clo[keep], chi[keep], child_ub[keep], bad[keep]
-        # exact looks inside the open boxes: centres (single points are decided by this too)
-        # and the parents' gradient corners
+        # exact looks inside the open boxes: the splitter's probes (gradient corners, hot
+        # centres) or else the children's centres; a single point left open is decided here too
         ta = time.monotonic()
-        pts = [torch.div(clo + chi, 2, rounding_mode="floor")]
-        if probe is not None:
-            pts.append(probe)
-        point = confirm(torch.cat(pts))
-        if point is not None:
-            return unsafe(point, "exact check of a box centre or corner")
         single = (clo == chi).all(dim=1)
+        if probe is None:
+            pts = torch.div(clo + chi, 2, rounding_mode="floor")
+        else:
+            pts = torch.cat([probe, clo[single]])
+        point = confirm(pts)
+        if point is not None:
+            return unsafe(point, "exact check of a point inside an open box")
         if single.any():  # exact bounds of a point: unproven means unsafe, yet confirm() said no
             raise AssertionError("bounds of a single point are not exact")
         if opt.inner_every and opt.inner_steps and out.passes % opt.inner_every == 0:

@@ -5,10 +5,11 @@ bounds), with the last linear layer fused with the specification matrix (``A z =
 ``qcert.bounds.margin_lower_bounds`` fuses the margin matrix). Two engines compute the same integers:
 
 * ``int64``: the network's own ``int_bounds`` and int64 products (the reference);
-* ``float64``: centre/radius products ``W (l+u)`` and ``|W| (u-l)`` in float64, used only when a
-  static bound over the whole input range proves every intermediate value is an integer of magnitude
-  below ``2**52`` (then every float64 sum and product is exact, in any order). Tests check both
-  engines agree bit for bit.
+* ``float``: centre/radius products ``W (l+u)`` and ``|W| (u-l)`` (convolutions as direct sums
+  of products: NNPACK's Winograd/FFT switched off), each layer in float32 where a static bound over the whole input range proves
+  every intermediate value (products and partial sums, in any order) is an integer below
+  ``2**24``, else in float64 where it is below ``2**52``; then every sum and product is exact.
+  Tests check both engines agree bit for bit.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from qcert.quant.network import QNetwork
 from qcert.verify.spec import OutputSpec
 
 EXACT = float(1 << 52)
+F32_EXACT = float(1 << 24)
 INT64_SAFE = float(1 << 61)
 
 Step = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]
@@ -64,45 +66,59 @@ class NetBounds:
         self.steps = self._float_steps(mags) if engine == "auto" else None
 
     def _float_steps(self, mags: list[torch.Tensor]) -> list[Step] | None:
+        """Float steps, each in float32 where its magnitudes stay below ``2**23`` (exact there),
+        else float64 (below ``2**52``); None when some layer is not provably exact in float64."""
+        f32_ok = float32_exact_mode()
         steps: list[Step] = []
+        self.dtypes: list[torch.dtype | None] = []
         for layer, m in zip(self.prefix, mags):
             if isinstance(layer, QLinear | QConv2d):
-                w = layer.int_weight().to(torch.float64)
+                wi = layer.int_weight()
                 b = layer.int_bias_acc()
-                b2 = None if b is None else 2.0 * b.to(torch.float64)
                 if isinstance(layer, QLinear):
-
-                    def op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-                        return x @ w.t()
-
-                    bview = b2
+                    op = _linear_op
+                    bshape: tuple[int, ...] = (1, -1)
                 else:
-                    conv = layer
-
-                    def op(x: torch.Tensor, w: torch.Tensor, conv: QConv2d = conv) -> torch.Tensor:
-                        return F.conv2d(x, w, None, conv.stride, conv.padding)
-
-                    bview = None if b2 is None else b2.view(1, -1, 1, 1)
-                peak = op(2 * m, w.abs())
-                if bview is not None:
-                    peak = peak + bview.abs()
-                if float(peak.max()) >= EXACT:
+                    op = _conv_op(layer, direct=True)
+                    bshape = (1, -1, 1, 1)
+                peak = op(2 * m, wi.abs().to(torch.float64))
+                if b is not None:
+                    peak = peak + 2 * b.abs().to(torch.float64).view(bshape)
+                top = 2 * float(peak.max())  # bounds |s ± r| and every partial sum
+                dtype = torch.float32 if f32_ok and top < F32_EXACT else torch.float64
+                if top >= EXACT:
                     return None
-                steps.append(_affine_step(op, w, w.abs(), bview))
+                if isinstance(layer, QConv2d) and dtype == torch.float32:
+                    if not _conv_selftest(layer, op, m):
+                        op = _conv_op(layer, direct=False)
+                w = wi.to(dtype)
+                b2 = None if b is None else (2 * b).to(dtype).view(bshape)
+                steps.append(_affine_step(op, w, w.abs(), b2, dtype))
+                self.dtypes.append(dtype)
             elif isinstance(layer, QRequant):
                 assert layer.in_frac is not None
                 shift = layer.in_frac - layer.format.frac
-                if float(m.max()) * max(1.0, 2.0**-shift) >= EXACT:
+                # |l · 2**-shift| < 2**22 (2**51) and shift <= 22 (50): l·2**-shift and
+                # l·2**-shift + 1/2 are exact in float32 (float64), so is the rounding
+                top = float(m.max()) * max(1.0, 2.0**-shift)
+                if top < F32_EXACT / 4 and shift <= 22:
+                    dtype = torch.float32
+                elif top < EXACT / 2 and shift <= 50:
+                    dtype = torch.float64
+                else:
                     return None
-                steps.append(_requant_step(shift, layer))
+                steps.append(_requant_step(shift, layer, dtype))
+                self.dtypes.append(dtype)
             elif isinstance(layer, QFlatten):
                 steps.append(lambda l, u: (l.flatten(1), None if u is None else u.flatten(1)))
+                self.dtypes.append(None)
             elif isinstance(layer, QAvgPool2d):
-                if float(m.max()) * layer.kernel_size[0] * layer.kernel_size[1] >= EXACT:
+                top = float(m.max()) * layer.kernel_size[0] * layer.kernel_size[1]
+                if top >= EXACT:
                     return None
-                steps.append(
-                    lambda l, u, p=layer: (p.integer(l), None if u is None else p.integer(u))
-                )
+                dtype = torch.float32 if top < F32_EXACT else torch.float64
+                steps.append(_pool_step(layer, dtype))
+                self.dtypes.append(dtype)
             else:
                 return None
         return steps
@@ -119,7 +135,7 @@ class NetBounds:
             for step in self.steps:
                 l, u = step(l, u)
             assert u is not None
-            return l.flatten(1), u.flatten(1)
+            return l.flatten(1).to(torch.float64), u.flatten(1).to(torch.float64)
         if self.prefix:
             l, u = self.net.int_bounds(lo, hi, upto=len(self.prefix))[-1]
         else:
@@ -133,7 +149,7 @@ class NetBounds:
             v: torch.Tensor = x.to(torch.float64)
             for step in self.steps:
                 v, _ = step(v, None)
-            return v.flatten(1)
+            return v.flatten(1).to(torch.float64)
         h = x
         for layer in self.prefix:
             h = layer.integer(h)
@@ -201,18 +217,71 @@ class SpecBounds:
         return u @ self.Mpos.t() + l @ self.Mneg.t() + self.c
 
 
+def _linear_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x @ w.t()
+
+
+def _conv_op(conv: QConv2d, direct: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The convolution as a plain sum of products per output (no Winograd/FFT transform), so
+    integer operands below the exactness limits give exact results in any summation order.
+
+    ``direct=True``: ``F.conv2d`` with NNPACK (Winograd/FFT) switched off, which leaves oneDNN's
+    direct algorithm (the one PyTorch requests) or the im2col GEMM; ``direct=False``: an explicit
+    im2col product (slower, no backend choice involved)."""
+    (kh, kw), stride, pad = conv.kernel_size, conv.stride, conv.padding
+
+    def unfold(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        n, _, h, wd = x.shape
+        oh = (h + 2 * pad[0] - kh) // stride[0] + 1
+        ow = (wd + 2 * pad[1] - kw) // stride[1] + 1
+        cols = F.unfold(x, (kh, kw), padding=pad, stride=stride)  # N × (C·kh·kw) × L
+        return (w.reshape(w.shape[0], -1) @ cols).view(n, w.shape[0], oh, ow)
+
+    def conv2d(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        with torch.backends.nnpack.flags(enabled=False):
+            return F.conv2d(x, w, None, stride, pad)
+
+    return conv2d if direct else unfold
+
+
+def float32_exact_mode() -> bool:
+    """True when PyTorch computes float32 products in full float32 (no TF32/bf16 shortcuts)."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    mk = torch.backends.mkldnn
+    for obj in (torch.backends, mk, getattr(mk, "conv", None), getattr(mk, "matmul", None)):
+        if obj is not None and getattr(obj, "fp32_precision", "none") not in ("none", "ieee"):
+            return False
+    return True
+
+
+def _conv_selftest(
+    conv: QConv2d, op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mag: torch.Tensor
+) -> bool:
+    """Spot check of the float32 convolution against int64 on extreme integer inputs."""
+    g = torch.Generator().manual_seed(0)
+    m = mag.to(torch.int64)
+    x = torch.randint(-1, 2, (4, *m.shape[1:]), generator=g) * m
+    w = conv.int_weight()
+    want = F.conv2d(x, w, None, conv.stride, conv.padding)
+    return torch.equal(op(x.to(torch.float32), w.to(torch.float32)).to(torch.int64), want)
+
+
 def _affine_step(
     op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     w: torch.Tensor,
     wabs: torch.Tensor,
     b2: torch.Tensor | None,
+    dtype: torch.dtype,
 ) -> Step:
     b1 = None if b2 is None else b2 * 0.5
 
     def step(l: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        l = l.to(dtype)
         if u is None:  # a point: the exact image
             v = op(l, w)
             return (v if b1 is None else v + b1), None
+        u = u.to(dtype)
         s = op(u + l, w)  # 2 × centre image
         if b2 is not None:
             s = s + b2
@@ -222,12 +291,22 @@ def _affine_step(
     return step
 
 
-def _requant_step(shift: int, layer: QRequant) -> Step:
+def _pool_step(layer: QAvgPool2d, dtype: torch.dtype) -> Step:
+    def step(l: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        lo = layer.integer(l.to(dtype))
+        return lo, None if u is None else layer.integer(u.to(dtype))
+
+    return step
+
+
+def _requant_step(shift: int, layer: QRequant, dtype: torch.dtype) -> Step:
     scale = 2.0**-shift
     qmin, qmax, rounding = layer.format.qmin, layer.format.qmax, layer.rounding
 
     def step(l: torch.Tensor, u: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        lo = round_float(l * scale, rounding).clamp(qmin, qmax)
-        return lo, None if u is None else round_float(u * scale, rounding).clamp(qmin, qmax)
+        lo = round_float(l.to(dtype) * scale, rounding).clamp(qmin, qmax)
+        if u is None:
+            return lo, None
+        return lo, round_float(u.to(dtype) * scale, rounding).clamp(qmin, qmax)
 
     return step

@@ -8,9 +8,11 @@ integers, ``[l, m]`` and ``[m+1, u]`` with ``m = floor((l+u)/2)``, so any choice
 * ``gradient``: width × ``|∂ objective / ∂x|`` at the box centre on the fake-quant network, where
   the objective is the margin of the box's hardest disjunct (for robustness, ``z_j − z_c`` of the
   class ``j`` closest to winning).
-* ``bound``: tries the ``k`` best dimensions by the gradient score, bounds both halves of each, and
+* ``bound``: tries the ``k`` best dimensions by the smear score, bounds both halves of each, and
   keeps the split whose worse half is closest to a proof (the "bound improvement" rule, as in
   BaBSR / filtered smart branching); its children's bounds are reused, not recomputed.
+
+``smear`` is the default: it was the fastest on a small MNIST-like network (docs/verify.md).
 """
 
 from __future__ import annotations
@@ -75,35 +77,44 @@ class Splitter:
         self.C, self.thr = goal.C[0], goal.thr[0]  # D×M×K, D×M
         self.fake = fake if fake is not None else FakeForward(net)
         self.smear_w: torch.Tensor | None = None
-        if self.name == "smear":
+        if self.name in ("smear", "bound"):
             self.smear_w = _first_layer_mass(net)
 
     def choose(
         self, lo: torch.Tensor, hi: torch.Tensor, ub: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Returns (dims N, children's row bounds 2N×R or None, probe points N×S or None).
+        """Returns (dims N, children's row bounds 2N×R or None, probe points or None).
 
-        A probe is the box corner the gradient points to (a cheap attack candidate)."""
+        Probes (gradient rules only) are cheap attack candidates for an exact check: the box corner
+        the gradient points to, and the box centre when its float objective looks successful."""
         width = (hi - lo).to(torch.float64)
         splittable = width > 0
         if self.name == "widest":
             return torch.argmax(width, dim=1), None, None
-        if self.name == "smear":
+        if self.name in ("smear", "bound"):
             assert self.smear_w is not None
             score = width * self.smear_w.unsqueeze(0)
             score = torch.where(splittable, score + 1e-9 * width, -1.0)
+            if self.name == "bound":
+                return (*self._best_bound(lo, hi, score, splittable), None)
             return torch.argmax(score, dim=1), None, None
-        grad = self._gradient(lo, hi, ub)
+        grad, obj = self._gradient(lo, hi, ub)
         score = grad.abs() * width
         # no gradient signal (saturated units): fall back to the widest dimension
         score = torch.where(splittable, score + 1e-9 * width, -1.0)
         probe = torch.where(grad > 0, hi, lo)
-        if self.name == "gradient":
-            return torch.argmax(score, dim=1), None, probe
-        return (*self._best_bound(lo, hi, score, splittable), probe)
+        # the point the centre's fake forward evaluated (inputs round half up); float32 may be
+        # inexact, so flag generously and let the exact check decide
+        hot = obj >= -(1.0 + 1e-5 * float(obj.abs().max()))
+        if hot.any():
+            probe = torch.cat([probe, torch.div(lo[hot] + hi[hot] + 1, 2, rounding_mode="floor")])
+        return torch.argmax(score, dim=1), None, probe
 
-    def _gradient(self, lo: torch.Tensor, hi: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
-        """``∂ objective / ∂x`` at each box centre (float64 N×S) for its hardest disjunct."""
+    def _gradient(
+        self, lo: torch.Tensor, hi: torch.Tensor, ub: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``∂ objective / ∂x`` (float64 N×S) and the objective (N) at each box centre, for the
+        box's hardest disjunct."""
         d = self.spec.disjunct_slack(ub).argmax(dim=1)
         c, thr = self.C[d].to(torch.float32), self.thr[d].to(torch.float32)  # N×M×K, N×M
         x = ((lo + hi).to(torch.float32) * 0.5).view(-1, *self.net.input_shape)
@@ -112,7 +123,7 @@ class Splitter:
             z = self.fake(x)
             obj = ((c * z[:, None, :]).sum(-1) - thr).min(-1).values
             (g,) = torch.autograd.grad(obj.sum(), x)
-        return g.reshape(lo.shape[0], -1).to(torch.float64)
+        return g.reshape(lo.shape[0], -1).to(torch.float64), obj.detach()
 
     def _best_bound(
         self, lo: torch.Tensor, hi: torch.Tensor, score: torch.Tensor, splittable: torch.Tensor
