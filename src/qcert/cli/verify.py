@@ -65,6 +65,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON Lines file of per-sample results (resumable)")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="spread samples over a Ray cluster (a local one when no address is given)",
+    )
+    p.add_argument("--workers", type=positive_int, default=None, help="CPUs of a local Ray")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
@@ -120,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
             options=options,
             on_result=on_result,
             extra={"model": str(args.model)},
+            ray=args.ray is not None,
+            ray_address=args.ray,
+            workers=args.workers,
         )
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     if args.json:

@@ -263,6 +263,28 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+_WORKER_VERIFIER: dict[tuple, Verifier] = {}
+
+
+def _verify_one(payload: dict[str, Any], i: int) -> VerifyResult:
+    """One sample on a Ray worker; the Verifier is rebuilt from the model bytes once per process."""
+    key = (hash(payload["model"]), payload["method"], payload["split"], payload["seed"])
+    if key not in _WORKER_VERIFIER:
+        from qcert.quant.io import model_from_bytes
+
+        _WORKER_VERIFIER.clear()
+        net = model_from_bytes(payload["model"])
+        _WORKER_VERIFIER[key] = Verifier(
+            net,
+            method=payload["method"],
+            split=payload["split"],
+            options=payload["options"],
+            seed=payload["seed"],
+        )
+    v = _WORKER_VERIFIER[key]
+    return v.sample(payload["x"][i], int(payload["y"][i]), payload["eps"], payload["timeout"])
+
+
 def verify_dataset(
     net: QNetwork,
     images: torch.Tensor,
@@ -278,8 +300,13 @@ def verify_dataset(
     seed: int = 0,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     extra: dict[str, Any] | None = None,
+    ray: bool = False,
+    ray_address: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Verify samples ``start..N-1`` of ``images`` one by one.
+    """Verify samples ``start..N-1`` of ``images`` one by one (or spread over a Ray cluster with
+    ``ray=True``: ``ray_address``, or a local one with ``workers`` CPUs; the verdicts are those of
+    a single-process run, written to ``out`` as they arrive).
 
     Each decision is appended to ``out`` (JSON Lines: ``index``, ``label``, ``verdict``,
     ``seconds``, ``counterexample``, ``predicted``, ``boxes``, ``method``, ``eps`` and the
@@ -300,34 +327,46 @@ def verify_dataset(
     verifier = Verifier(net, method=method, split=split, options=options, seed=seed)
     path = Path(out) if out is not None else None
     done = _read_done(path, eps) if path is not None else {}
-    records: list[dict[str, Any]] = []
+    todo = [i for i in range(start, x.shape[0]) if i not in done]
+    if ray:
+        from qcert.parallel import ray_map
+        from qcert.quant.io import model_to_bytes
+
+        payload = {
+            "model": model_to_bytes(net), "x": x, "y": y, "eps": eps, "timeout": timeout,
+            "method": method, "split": split, "options": options, "seed": seed,
+        }  # fmt: skip
+        results = ray_map(_verify_one, payload, todo, address=ray_address, workers=workers)
+    else:
+        results = ((i, verifier.sample(x[i], int(y[i]), eps, timeout)) for i in todo)
+    records: list[dict[str, Any]] = [done[i] for i in sorted(done) if i >= start]
+    if on_result is not None:
+        for rec in records:
+            on_result(rec)
     f = path.open("a") if path is not None else None
     try:
-        for i in range(start, x.shape[0]):
-            if i in done:
-                rec = done[i]
-            else:
-                res = verifier.sample(x[i], int(y[i]), eps, timeout)
-                rec = {
-                    "index": i,
-                    "label": res.label,
-                    "verdict": res.verdict,
-                    "seconds": round(res.seconds, 4),
-                    "counterexample": res.counterexample,
-                    "predicted": res.predicted,
-                    "boxes": res.boxes_explored,
-                    "method": method,
-                    "eps": eps,
-                    **(extra or {}),
-                }
-                if f is not None:
-                    f.write(json.dumps(rec) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+        for i, res in results:
+            rec = {
+                "index": i,
+                "label": res.label,
+                "verdict": res.verdict,
+                "seconds": round(res.seconds, 4),
+                "counterexample": res.counterexample,
+                "predicted": res.predicted,
+                "boxes": res.boxes_explored,
+                "method": method,
+                "eps": eps,
+                **(extra or {}),
+            }
+            if f is not None:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
             records.append(rec)
             if on_result is not None:
                 on_result(rec)
     finally:
         if f is not None:
             f.close()
+    records.sort(key=lambda r: int(r["index"]))
     return summarize(records)
