@@ -34,7 +34,7 @@ def test_train_command_writes_model_and_metrics(tmp_path, capsys) -> None:
     ("extra", "message"),
     [
         (["--arch", "vgg"], "unknown architecture 'vgg'"),
-        (["--method", "pgd"], "unknown method 'pgd'"),
+        (["--method", "sgd"], "unknown method 'sgd'"),
         (["--dataset", "nope"], "unknown dataset 'nope'"),
         (["--eps", "-1"], "eps must be ≥ 0"),
         (["--epochs", "0"], "epochs must be ≥ 1"),
