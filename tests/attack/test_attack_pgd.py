@@ -7,35 +7,16 @@ import itertools
 
 import pytest
 import torch
+from qnets import small_mlp
 
 from qcert.attack import PGD, Goal, pgd_attack
 from qcert.bounds import eps_box
 from qcert.errors import InputError
-from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant, argmax_first
+from qcert.quant import QNetwork, argmax_first
 
 
 def small_net(seed: int, d: int, k: int, logit_requant: bool, rounding: str) -> QNetwork:
-    g = torch.Generator().manual_seed(seed)
-    w, a = FixedPointFormat(4, True, 2), FixedPointFormat(3, False, 1)
-    b = FixedPointFormat(8, True, 3)
-    layers = [
-        QLinear.from_int(
-            torch.randint(-8, 8, (6, d), generator=g),
-            torch.randint(-40, 40, (6,), generator=g),
-            w,
-            b,
-        ),
-        QRequant(a, rounding),
-        QLinear.from_int(
-            torch.randint(-8, 8, (k, 6), generator=g),
-            torch.randint(-20, 20, (k,), generator=g),
-            w,
-            b,
-        ),
-    ]
-    if logit_requant:
-        layers.append(QRequant(FixedPointFormat(3, True, 0), rounding))
-    return QNetwork(layers, (d,), FixedPointFormat(4, False, 2))
+    return small_mlp(seed, d, k, logit_requant, rounding, hidden=6)
 
 
 def box_points(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from qnets import small_mlp
 from torch import nn
 
 from qcert.bounds import eps_box, margin_lower_bounds
@@ -33,27 +34,7 @@ IN_FMT = FixedPointFormat(4, False, 2)
 
 
 def mlp_net(seed: int, d: int, k: int, logit_requant: bool, rounding: str) -> QNetwork:
-    g = torch.Generator().manual_seed(seed)
-    w, a = FixedPointFormat(4, True, 2), FixedPointFormat(3, False, 1)
-    b = FixedPointFormat(8, True, 3)
-    layers = [
-        QLinear.from_int(
-            torch.randint(-8, 8, (5, d), generator=g),
-            torch.randint(-40, 40, (5,), generator=g),
-            w,
-            b,
-        ),
-        QRequant(a, rounding),
-        QLinear.from_int(
-            torch.randint(-8, 8, (k, 5), generator=g),
-            torch.randint(-20, 20, (k,), generator=g),
-            w,
-            b,
-        ),
-    ]
-    if logit_requant:
-        layers.append(QRequant(FixedPointFormat(4, True, 0), rounding))
-    return QNetwork(layers, (d,), IN_FMT)
+    return small_mlp(seed, d, k, logit_requant, rounding, logit_bits=4)
 
 
 def conv_net(seed: int, k: int, rounding: str) -> QNetwork:
