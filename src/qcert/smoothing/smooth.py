@@ -153,8 +153,9 @@ class IntegerSmoothing(_Smoothing):
 
 
 class FloatSmoothing(_Smoothing):
-    """Cohen et al.'s float smoothing: continuous Gaussian noise on the real input, the float twin
-    network (:func:`qcert.quant.to_float`), radius ``σ Φ⁻¹(p_lower)``. The baseline; its guarantee
+    """Cohen et al.'s float smoothing: continuous Gaussian noise on the real input, clamped to the
+    input range like the int path, the float twin network (:func:`qcert.quant.to_float`), radius
+    ``σ Φ⁻¹(p_lower)``. The baseline; its guarantee
     is about the float network, not the integer one."""
 
     arith = "float"
@@ -166,8 +167,11 @@ class FloatSmoothing(_Smoothing):
 
     @torch.no_grad()
     def _classify_noisy(self, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+        lo, hi = self.net.input_range
         noise = torch.randn((k, *x.shape), generator=g) * self.sigma_levels
-        noisy = (x.to(torch.float32).unsqueeze(0) + noise) * self.scale
+        # clamping to the input range is part of the base classifier (as on the int path): it is
+        # post-processing of x + δ, so Cohen's guarantee is unchanged
+        noisy = (x.to(torch.float32).unsqueeze(0) + noise).clamp_(lo, hi) * self.scale
         return self.model(noisy).argmax(dim=1)
 
     def radius(self, p_lower: float) -> float:
