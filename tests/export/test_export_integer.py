@@ -53,7 +53,10 @@ def networks(draw):
         if not draw(st.booleans()):
             return None, None
         bits = draw(st.sampled_from([8, 16, 24, 32]))
-        frac = draw(st.integers(max(-32, acc_frac - (60 - bits)), min(32, acc_frac)))
+        lo_frac, hi_frac = max(-32, acc_frac - (60 - bits)), min(32, acc_frac)
+        if lo_frac > hi_frac:  # the accumulator scale is beyond what a bias format can hold
+            return None, None
+        frac = draw(st.integers(lo_frac, hi_frac))
         bf = FixedPointFormat(bits, True, frac)
         return rand_codes(g, (n,), bf, extreme), bf
 

@@ -62,7 +62,9 @@ def qdq_networks(draw):
     def bias(acc_frac: int, n: int):
         if not draw(st.booleans()):
             return None, None
-        bf = FixedPointFormat(12, True, draw(st.integers(acc_frac - 6, acc_frac)))
+        bf = FixedPointFormat(
+            12, True, draw(st.integers(max(-32, acc_frac - 6), max(-32, min(32, acc_frac))))
+        )
         return codes(g, (n,), bf, extreme), bf
 
     in_fmt = draw(
