@@ -56,7 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vnnlib", default=None, help="a VNN-LIB property file instead of a dataset")
     p.add_argument("--cex", default=None, help="VNN-LIB mode: write the result/counterexample here")
     p.add_argument("--timeout", type=finite_float, default=20.0, help="seconds per query")
-    p.add_argument("--method", choices=["bab", "milp"], default="bab")
+    p.add_argument(
+        "--method",
+        choices=["bab", "milp", "bab+milp"],
+        default="bab",
+        help="branch and bound, the HiGHS MILP, or the portfolio (BaB for 30%% of the timeout, then "
+        "MILP on what is still open)",
+    )
     p.add_argument(
         "--split-rule",
         type=_split_rule,

@@ -30,7 +30,9 @@ from qcert.verify.spec import OutputSpec
 
 ROBUST, VULNERABLE, TIMEOUT, MISCLASSIFIED = "robust", "vulnerable", "timeout", "misclassified"
 VERDICTS = (ROBUST, VULNERABLE, TIMEOUT, MISCLASSIFIED)
-METHODS = ("bab", "milp")
+METHODS = ("bab", "milp", "bab+milp")
+#: share of the timeout that ``bab+milp`` gives branch and bound before it hands the query to MILP
+PORTFOLIO_BAB_SHARE = 0.3
 
 
 @dataclass
@@ -138,20 +140,25 @@ class Verifier:
         lo, hi = eps_box(net, x, eps)
         spec, bounds = self._spec(y)
         remaining = max(1e-3, timeout - (time.monotonic() - t0))
-        if self.method == "bab":
+        if self.method in ("bab", "bab+milp"):
             if self._fake is None:
                 self._fake = FakeForward(net)
+            share = PORTFOLIO_BAB_SHARE if self.method == "bab+milp" else 1.0
             outcome = bab_search(
                 net,
                 lo,
                 hi,
                 spec,
-                timeout=remaining,
+                timeout=remaining * share,
                 options=self.options,
                 x0=x,
                 bounds=bounds,
                 fake=self._fake,
             )
+            if outcome.status == "timeout" and self.method == "bab+milp":
+                # the portfolio: what branch and bound left open goes to the exact MILP
+                remaining = max(1e-3, timeout - (time.monotonic() - t0))
+                outcome = milp_search(net, lo, hi, spec, timeout=remaining, bounds=bounds)
         else:
             outcome = milp_search(net, lo, hi, spec, timeout=remaining, bounds=bounds)
         return _result(net, x, y, eps, outcome, self.method, time.monotonic() - t0)
@@ -173,7 +180,8 @@ def verify_sample(
     """Decide L∞ robustness of ``net`` at the integer input ``x`` (input_shape or 1×input_shape)
     with label ``label`` and radius ``eps`` input steps.
 
-    ``method="bab"``: the complete branch and bound (exact; see :func:`bab_search`); ``"milp"``: the
+    ``method="bab"``: the complete branch and bound (exact; see :func:`bab_search`); ``"bab+milp"``:
+    branch and bound for 30 % of the timeout, then the MILP on a query still open; ``"milp"``: the
     HiGHS MILP peer. ``split`` overrides ``options.split`` (see ``qcert.verify.split``). A
     ``robust`` verdict is a proof; a ``vulnerable`` one carries a counterexample confirmed by
     ``net.predict``. Runs on the CPU (``device`` other than CPU is refused).
