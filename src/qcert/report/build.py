@@ -30,6 +30,19 @@ from qcert.report.results import (  # noqa: E402
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> bool:
+    """Labels, grid and legend shared by every plot; write the PNG and close the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _plot_eps(verify: list[VerifyRun], training: list[TrainingRun], path: Path) -> bool:
     series: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for run in verify:
@@ -45,16 +58,10 @@ def _plot_eps(verify: list[VerifyRun], training: list[TrainingRun], path: Path) 
         pts.sort()
         style = "--" if name.endswith("(QA-IBP box)") else "-"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=name)
-    ax.set_xlabel("ε (input levels, L∞)")
-    ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Certified accuracy vs ε")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _finish(
+        fig, ax, "ε (input levels, L∞)", "certified accuracy", "Certified accuracy vs ε", path
+    )
 
 
 def _plot_radius(smoothing: list[SmoothingRun], path: Path) -> bool:
@@ -66,16 +73,9 @@ def _plot_radius(smoothing: list[SmoothingRun], path: Path) -> bool:
         grid = [rmax * i / 200 for i in range(201)]
         label = f"{run.model} σ={run.sigma} {run.arith}"
         ax.plot(grid, [run.certified_acc(r) for r in grid], label=label)
-    ax.set_xlabel("L2 radius (input scaled to [0, 1])")
-    ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Randomized smoothing: certified accuracy vs radius")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    title = "Randomized smoothing: certified accuracy vs radius"
+    return _finish(fig, ax, "L2 radius (input scaled to [0, 1])", "certified accuracy", title, path)
 
 
 def _plot_time(runs: Sequence[VerifyRun | SmoothingRun], path: Path) -> bool:
@@ -92,15 +92,7 @@ def _plot_time(runs: Sequence[VerifyRun | SmoothingRun], path: Path) -> bool:
             label = f"smooth {run.model} σ={run.sigma} {run.arith}"
         ax.step(xs, ys, where="post", label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("seconds per sample")
-    ax.set_ylabel("share of samples")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Time per sample (CDF)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _finish(fig, ax, "seconds per sample", "share of samples", "Time per sample (CDF)", path)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
