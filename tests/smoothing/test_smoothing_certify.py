@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import norm
@@ -13,6 +14,7 @@ from qcert.cli.main import main
 from qcert.data import load
 from qcert.errors import InputError, QcertError
 from qcert.quant import FixedPointFormat, QFlatten, QLinear, QNetwork, QRequant
+from qcert.smoothing.noise import NoiseStream
 from qcert.smoothing.radius import certified_radius
 from qcert.smoothing.run import COLUMNS, certify_dataset, predict_dataset, read_rows
 from qcert.smoothing.smooth import ABSTAIN, FloatSmoothing, IntegerSmoothing
@@ -62,10 +64,10 @@ def test_constant_classifier_radius_bookkeeping(digits) -> None:
 
 def test_noise_is_integer_and_clamped(digits) -> None:
     net = digits_net()
-    s = IntegerSmoothing(net, 0.5)
+    s = IntegerSmoothing(net, 0.5, engine="torch")
     seen = []
     s.logits_fn = lambda q: (seen.append(q), net.integer_forward(q))[1]
-    s.sample_counts(digits.images[0], 300, torch.Generator().manual_seed(0))
+    s.sample_counts(digits.images[0], 300, NoiseStream(0))
     q = torch.cat(seen)
     assert not q.is_floating_point() and int(q.min()) >= 0 and int(q.max()) <= 255
     assert float((q - digits.images[0].to(torch.int64)).float().std()) > 30  # noise really added
@@ -121,11 +123,18 @@ def test_cli_certify_json_and_tsv(tmp_path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["arith"] == "float"
 
 
-def test_onnx_engine_gives_the_same_counts(digits) -> None:
+def test_every_engine_and_batch_size_gives_the_same_counts(digits) -> None:
+    """The noise stream is shared by all engines and independent of the batch size, and every
+    engine computes the same integer logits: the certificates are identical."""
     net = digits_net()
     x = digits.images[1]
-    a = IntegerSmoothing(net, 0.25, batch=256, engine="onnx").certify(x, 30, 500, 0.01, idx=1)
-    b = IntegerSmoothing(net, 0.25, batch=256, engine="torch").certify(x, 30, 500, 0.01, idx=1)
-    assert a.counts == b.counts and a.radius == b.radius and a.predict == b.predict
+    runs = [
+        IntegerSmoothing(net, 0.25, batch=b, engine=e).certify(x, 30, 500, 0.01, idx=1)
+        for e, b in [("int8", 256), ("int8", 97), ("torch", 256), ("onnx", 500)]
+    ]
+    for r in runs[1:]:
+        assert r.counts == runs[0].counts and r.radius == runs[0].radius
+        assert r.predict == runs[0].predict
+    assert IntegerSmoothing(net, 0.25).noisy_dtype is np.int8  # the fused int8 path is used
     with pytest.raises(QcertError, match="unknown engine"):
         IntegerSmoothing(net, 0.25, engine="gpu")

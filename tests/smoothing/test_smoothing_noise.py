@@ -12,6 +12,9 @@ from scipy import stats
 
 from qcert.errors import QcertError
 from qcert.smoothing import MAX_SIGMA, DiscreteGaussian, SmoothingError
+from qcert.smoothing.kernels import noisy_rows, philox_block
+from qcert.smoothing.noise import NoiseStream
+from qcert.smoothing.philox import philox4x32
 
 SIGMAS = [0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 30.0, 64.0]
 ONE = 1 << 62
@@ -243,13 +246,18 @@ def _sample_counts(noise: DiscreteGaussian, sample: np.ndarray) -> tuple[np.ndar
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0, 8.0, 64.0])
-@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("backend", ["torch", "numpy", "stream", "kernel"])
 def test_goodness_of_fit(sigma: float, backend: str) -> None:
     noise = DiscreteGaussian(sigma)
     n = 300_000
     seed = 20240 + int(sigma * 10)
     if backend == "torch":
         x = noise.sample((n,), torch.Generator().manual_seed(seed)).numpy()
+    elif backend == "stream":
+        x = noise.sample((n,), NoiseStream(seed))
+    elif backend == "kernel":  # the fused kernel on a zero input, no clamping: x + δ = δ
+        big = noise.support_bound
+        x = noisy_rows(noise, np.zeros(600), n // 600, NoiseStream(seed), -big, big).reshape(-1)
     else:
         x = noise.sample((n,), np.random.default_rng(seed))
     # moments: mean 0 and the exact table variance, within 5 standard errors
@@ -261,6 +269,94 @@ def test_goodness_of_fit(sigma: float, backend: str) -> None:
     assert abs(x.var() - var) <= 5 * math.sqrt((mu4 - var * var) / n)
     obs, exp = _sample_counts(noise, x)
     assert stats.chisquare(obs, exp).pvalue > 1e-3
+
+
+PHILOX_KAT = [  # Random123's known-answer vectors for Philox4x32-10: counter, key, output
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
+]
+
+
+@pytest.mark.parametrize("ctr,key,want", PHILOX_KAT)
+def test_philox_known_answers(ctr, key, want) -> None:
+    assert tuple(int(v) for v in philox4x32(*ctr, *key)) == want
+    compiled = philox_block(*(np.uint64(v) for v in (*ctr, *key)))
+    assert tuple(int(v) for v in compiled) == want
+
+
+@pytest.mark.parametrize("sigma", [0.5, 3.0, 63.75, 2000.0])
+def test_stream_sample_is_the_inverse_cdf_of_its_62_bit_uniforms(sigma: float) -> None:
+    """sample_rows == values_from_uniform(u) with u rebuilt from Philox blocks by the documented
+    layout (top 16 bits: block (j // 8, r, 0, 0), word (j % 8) // 2, low half first; low 46 bits,
+    where the bucket is ambiguous: block (j, r, 0, 1)). Any u in an unambiguous bucket gives the
+    same value, so the law is exactly the table's."""
+    noise = DiscreteGaussian(sigma)
+    rows, d = 7, 45
+    s = NoiseStream(11)
+    s.take_rows(3)  # rows are numbered from where the stream stands
+    got = noise.sample_rows(rows, d, s)
+    k0, k1 = NoiseStream(11).key
+    top = np.zeros((rows, d), dtype=np.int64)
+    low = np.zeros((rows, d), dtype=np.int64)
+    for r in range(rows):
+        for j in range(d):
+            words = philox4x32(j // 8, r + 3, 0, 0, k0, k1)
+            top[r, j] = (int(words[(j % 8) // 2]) >> (16 * (j % 2))) & 0xFFFF
+            x0, x1, _, _ = philox4x32(j, r + 3, 0, 1, k0, k1)
+            low[r, j] = ((int(x1) & 0x3FFF) << 32) | int(x0)
+    amb = noise.guide32[top] == np.iinfo(np.int32).min
+    u = (top << 46) | np.where(amb, low, 0)
+    np.testing.assert_array_equal(got, noise.values_from_uniform(u))
+    lo_u, hi_u = top[~amb] << 46, (top[~amb] << 46) | ((1 << 46) - 1)
+    np.testing.assert_array_equal(noise.values_from_uniform(lo_u), noise.values_from_uniform(hi_u))
+    if sigma == 63.75:  # σ = 0.25 on 8-bit pixels: a few percent of draws need the refinement
+        assert 0 < amb.mean() < 0.05
+    assert s.row == 3 + rows
+
+
+def test_bucket_ranges_hold_the_thresholds_of_each_bucket() -> None:
+    noise = DiscreteGaussian(63.75)
+    thr, ranges = noise.thresholds, noise.bucket_ranges
+    starts = np.arange(1 << 16, dtype=np.int64) << 46
+    np.testing.assert_array_equal(ranges[:, 0], np.searchsorted(thr, starts, side="right"))
+    np.testing.assert_array_equal(
+        ranges[:, 1], np.searchsorted(thr, starts + (1 << 46) - 1, "right")
+    )
+    amb = noise.guide32 == np.iinfo(np.int32).min
+    np.testing.assert_array_equal(amb, ranges[:, 1] > ranges[:, 0])
+
+
+@pytest.mark.parametrize("d", [1, 3, 4, 784])
+@pytest.mark.parametrize("sigma", [0.7, 63.75])
+def test_fused_kernel_equals_clamped_sample_and_ignores_batching(d: int, sigma: float) -> None:
+    noise = DiscreteGaussian(sigma)
+    x = np.random.default_rng(d).integers(0, 256, d)
+    ref = np.clip(x + noise.sample_rows(40, d, NoiseStream((5, d))), 0, 255)
+    s = NoiseStream((5, d))
+    parts = [noisy_rows(noise, x, k, s, 0, 255, 128, np.int8) for k in (1, 16, 23)]
+    got = np.concatenate(parts).astype(np.int64) + 128
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(noisy_rows(noise, x, 40, NoiseStream((5, d)), 0, 255), ref)
+
+
+def test_noise_stream_and_kernel_reject_bad_arguments() -> None:
+    with pytest.raises(SmoothingError, match="seed"):
+        NoiseStream(-1)
+    with pytest.raises(SmoothingError, match="seed"):
+        NoiseStream("x")  # type: ignore[arg-type]
+    noise = DiscreteGaussian(2.0)
+    with pytest.raises(ValueError, match="does not fit"):
+        noisy_rows(noise, np.zeros(4), 2, NoiseStream(0), 0, 255, 0, np.int8)
+    with pytest.raises(ValueError, match="does not fit"):
+        noisy_rows(noise, np.zeros(4), 2, NoiseStream(0), 5, 4)
+    a, b = NoiseStream((1, 2, 3)), NoiseStream((1, 2, 4))
+    assert a.key != b.key
+    assert not np.array_equal(a.indices(0, 2, 8), b.indices(0, 2, 8))
 
 
 def test_goodness_of_fit_detects_wrong_sigma() -> None:

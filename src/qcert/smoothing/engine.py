@@ -1,6 +1,9 @@
 """Exact integer engines for the smoothed base classifier.
 
-``torch``: the reference executor (``QNetwork.integer_forward``). ``onnx``: the model's integer-only
+``int8``: :class:`qcert.quant.int8.Int8Executor` (torch's int8 matrix products with int32
+accumulation where a static bound proves them exact, the reference code elsewhere; checked against
+the reference executor when built). ``torch``: the reference executor (``QNetwork.integer_forward``).
+``onnx``: the model's integer-only
 ONNX graph (MatMulInteger / ConvInteger with integer requantization) in onnxruntime, which uses int8
 kernels. Both give the same int64 logits; the onnx engine checks that on probe inputs (the corners of
 the input range, extreme and uniform inputs) before it is used, and refuses to run otherwise.
@@ -16,7 +19,7 @@ import torch
 from qcert.errors import QcertError
 from qcert.quant import QNetwork, argmax_first
 
-ENGINES = ("onnx", "torch")
+ENGINES = ("int8", "torch", "onnx")
 
 
 def integer_engine(
@@ -26,6 +29,10 @@ def integer_engine(
     exact int64 logits of ``net``."""
     if engine == "torch":
         return net.integer_forward
+    if engine == "int8":
+        from qcert.quant.int8 import Int8Executor
+
+        return Int8Executor(net, probes).logits
     if engine != "onnx":
         raise QcertError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     from qcert.export import onnx_model, random_inputs, session

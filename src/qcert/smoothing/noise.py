@@ -27,7 +27,7 @@ import torch
 
 from qcert.errors import QcertError
 
-__all__ = ["DiscreteGaussian", "SmoothingError", "MAX_SIGMA", "RESOLUTION_BITS"]
+__all__ = ["DiscreteGaussian", "NoiseStream", "SmoothingError", "MAX_SIGMA", "RESOLUTION_BITS"]
 
 #: The table weights sum to ``2**RESOLUTION_BITS``; each draw uses one uniform integer below it.
 RESOLUTION_BITS = 62
@@ -39,6 +39,8 @@ _PREC = 60
 _GUIDE_BITS = 16
 _GUIDE_SHIFT = RESOLUTION_BITS - _GUIDE_BITS
 _AMBIGUOUS = 1 << 40  # marks guide buckets that contain a threshold
+#: The 32-bit guide table's mark for a bucket that contains a threshold.
+GUIDE32_AMBIGUOUS = np.int32(-(2**31))
 
 
 class SmoothingError(QcertError, ValueError):
@@ -124,7 +126,11 @@ class DiscreteGaussian:
         last = np.searchsorted(self._thresholds_np, starts + ((1 << _GUIDE_SHIFT) - 1), "right")
         self._guide_np = np.where(first == last, first - self.support_bound, _AMBIGUOUS)
         self._guide_np.setflags(write=False)
+        # the thresholds inside bucket b are thresholds[first[b]:last[b]]
+        self._bucket_ranges = np.stack([first, last], axis=1)
+        self._bucket_ranges.setflags(write=False)
         self._torch_tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._guide32: np.ndarray | None = None
         self._pmf = self.weights.astype(np.float64) / float(_ONE)
         self._pmf.setflags(write=False)
 
@@ -212,10 +218,61 @@ class DiscreteGaussian:
         if isinstance(generator, np.random.Generator):
             u = generator.integers(0, _ONE, size=size, dtype=np.int64)
             return self.values_from_uniform(u)
+        if isinstance(generator, NoiseStream):
+            d = size[-1] if size else 1
+            rows = math.prod(size[:-1]) if size else 1
+            return self.sample_rows(rows, d, generator).reshape(size)
         raise SmoothingError(
-            "generator must be a torch.Generator or numpy.random.Generator, "
+            "generator must be a torch.Generator, numpy.random.Generator or NoiseStream, "
             f"got {type(generator).__name__}"
         )
+
+    @property
+    def guide32(self) -> np.ndarray:
+        """The guide table on the top 16 bits of ``u`` as int32: the value, or
+        ``GUIDE32_AMBIGUOUS`` for a bucket that contains a threshold."""
+        g = self._guide32
+        if g is None:
+            g = np.where(self._guide_np == _AMBIGUOUS, GUIDE32_AMBIGUOUS, self._guide_np)
+            g = g.astype(np.int32)
+            g.setflags(write=False)
+            self._guide32 = g
+        return g
+
+    @property
+    def bucket_ranges(self) -> np.ndarray:
+        """``65536 × 2`` int64: the thresholds inside 16-bit bucket ``b`` are
+        ``thresholds[first:last]`` with ``(first, last) = bucket_ranges[b]``; ``first`` is the
+        number of thresholds at or below the bucket's smallest ``u``."""
+        return self._bucket_ranges
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """The cumulative weights ``C(-T) .. C(T-1)`` (int64, read-only)."""
+        return self._thresholds_np
+
+    def sample_rows(self, rows: int, d: int, stream: NoiseStream) -> np.ndarray:
+        """``rows × d`` i.i.d. draws (int64) from a :class:`NoiseStream`, exactly from :meth:`pmf`.
+
+        The 62-bit uniform ``u`` of each draw is built in two parts: its top 16 bits are the
+        stream's bulk draw; when that 16-bit bucket contains a threshold, its low 46 bits are the
+        stream's refinement draw for the same position. Both parts are uniform and independent,
+        so ``u`` is uniform on ``[0, 2**62)`` and the value is the inverse-CDF lookup of
+        :meth:`values_from_uniform`: the law is exactly ``weights / 2**62``, and a bucket without
+        a threshold gives the same value for every low part. About 98 % of draws at σ = 64 levels
+        need only the 16 bits. (Fused version: :func:`qcert.smoothing.kernels.noisy_rows`.)
+        """
+        row0 = stream.take_rows(rows)
+        top = stream.indices(row0, rows, d)
+        out = self.guide32[top].astype(np.int64)
+        amb_r, amb_c = np.nonzero(out == GUIDE32_AMBIGUOUS)
+        if amb_r.size:
+            low = stream.refinement(amb_r + row0, amb_c)
+            u = (top[amb_r, amb_c].astype(np.int64) << _GUIDE_SHIFT) | low
+            out[amb_r, amb_c] = (
+                np.searchsorted(self._thresholds_np, u, side="right") - self.support_bound
+            )
+        return out
 
     def values_from_uniform(self, u: np.ndarray) -> np.ndarray:
         """Map uniform integers ``u`` in ``[0, 2**62)`` to noise values (inverse-CDF lookup).
@@ -233,6 +290,51 @@ class DiscreteGaussian:
             out[sel] = np.searchsorted(self._thresholds_np, flat[sel], side="right")
             out[sel] -= self.support_bound
         return out.reshape(arr.shape)
+
+
+class NoiseStream:
+    """The random source of the integer smoothing noise: Philox4x32-10
+    (:mod:`qcert.smoothing.philox`) under a 64-bit key derived from ``seed``, addressed by
+    (row, column). Draw ``j`` of row ``r`` takes 16 bits of block ``(j // 8, r mod 2**32,
+    r // 2**32, 0)`` (word ``(j mod 8) // 2``, low half first) and, only when its 16-bit bucket is
+    ambiguous, 46 more bits from block ``(j, r mod 2**32, r // 2**32, 1)`` (``x0`` and the low 14
+    bits of ``x1``). Rows are numbered in the order they are drawn, so the draws do not depend on
+    how the rows are split into calls. See :meth:`DiscreteGaussian.sample_rows`.
+
+    ``seed``: a non-negative int or a sequence of them (hashed by numpy's ``SeedSequence``).
+    """
+
+    def __init__(self, seed: int | tuple[int, ...] | list[int]) -> None:
+        try:
+            k0, k1 = np.random.SeedSequence(seed).generate_state(2, np.uint32)
+        except (TypeError, ValueError) as e:
+            raise SmoothingError(f"invalid noise seed {seed!r}: {e}") from None
+        self.key = (int(k0), int(k1))
+        self.row = 0
+
+    def take_rows(self, k: int) -> int:
+        """Reserve the next ``k`` rows; returns the first one's number."""
+        first = self.row
+        self.row += int(k)
+        return first
+
+    def indices(self, row0: int, rows: int, d: int) -> np.ndarray:
+        """The 16-bit bulk draws (uint16, ``rows × d``) of rows ``row0 .. row0 + rows − 1``."""
+        from qcert.smoothing.philox import philox4x32
+
+        r = np.arange(row0, row0 + rows, dtype=np.uint64)[:, None]
+        b = np.arange(-(-d // 8), dtype=np.uint64)[None, :]
+        words = np.stack(philox4x32(b, r, r >> np.uint64(32), 0, *self.key), axis=-1)
+        halves = np.stack([words & np.uint64(0xFFFF), words >> np.uint64(16)], axis=-1)
+        return halves.reshape(rows, -1)[:, :d].astype(np.uint16)
+
+    def refinement(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The 46 refinement bits (int64) of the draws at absolute ``rows`` and ``cols``."""
+        from qcert.smoothing.philox import philox4x32
+
+        r = np.asarray(rows, dtype=np.uint64)
+        x0, x1, _, _ = philox4x32(cols, r, r >> np.uint64(32), 1, *self.key)
+        return (((x1 & np.uint64(0x3FFF)) << np.uint64(32)) | x0).astype(np.int64)
 
 
 def _as_shape(shape: int | tuple[int, ...] | torch.Size) -> tuple[int, ...]:

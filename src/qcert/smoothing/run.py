@@ -98,7 +98,7 @@ def _smoother_for(payload: dict[str, Any]):
         _WORKER_CACHE.clear()
         net = model_from_bytes(payload["model"])
         _WORKER_CACHE[key] = make_smoothing(
-            net, payload["sigma"], payload["arith"], payload["batch"]
+            net, payload["sigma"], payload["arith"], payload["batch"], payload["engine"]
         )
     return _WORKER_CACHE[key]
 
@@ -128,7 +128,7 @@ def certify_dataset(
     out: str | os.PathLike[str] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    engine: str = "torch",
+    engine: str = "int8",
     ray: bool = False,
     ray_address: str | None = None,
     workers: int | None = None,
@@ -212,7 +212,7 @@ def predict_dataset(
     n_samples: int | None = None,
     seed: int = 0,
     on_row: Callable[[dict[str, Any]], None] | None = None,
-    engine: str = "torch",
+    engine: str = "int8",
 ) -> dict[str, Any]:
     """PREDICT every ``skip``-th sample; returns accuracy, abstain rate and the rows."""
     _check_alpha(alpha)

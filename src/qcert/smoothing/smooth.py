@@ -7,7 +7,9 @@ integer input levels: ``sigma_levels = sigma * LEVELS``, ``radius = radius_level
 ``LEVELS = input_range[1] - input_range[0]`` (255 for 8-bit pixels).
 
 Each sample ``idx`` draws its noise from a generator seeded by ``(seed, idx)``: results do not depend
-on batching, on resuming, or on which worker handles the sample.
+on batching, on resuming, or on which worker handles the sample. The integer path draws from a
+:class:`~qcert.smoothing.noise.NoiseStream` (the same draws on every engine), the float path from a
+``torch.Generator``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from qcert.quant import QNetwork, to_float
-from qcert.smoothing.noise import DiscreteGaussian, SmoothingError
+from qcert.smoothing.noise import DiscreteGaussian, NoiseStream, SmoothingError
 from qcert.smoothing.radius import NOT_CERTIFIED, certified_radius
 from qcert.smoothing.stats import binom_test_abstain, lower_confidence_bound
 
@@ -29,8 +31,14 @@ ABSTAIN = -1
 
 
 def sample_generator(seed: int, idx: int, stage: int) -> torch.Generator:
-    """The generator for sample ``idx`` and stage (0: selection, 1: estimation, 2: predict)."""
+    """The float path's generator for sample ``idx`` and stage (0: selection, 1: estimation,
+    2: predict)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + idx) * 4 + stage)
+
+
+def noise_stream(seed: int, idx: int, stage: int) -> NoiseStream:
+    """The integer path's noise stream for sample ``idx`` and stage (as :func:`sample_generator`)."""
+    return NoiseStream((seed, idx, stage))
 
 
 @dataclass
@@ -63,13 +71,17 @@ class _Smoothing:
         self.dim = math.prod(net.input_shape)
         self.num_classes = net.num_classes
 
-    def _classify_noisy(self, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    def _classify_noisy(self, x: torch.Tensor, k: int, g) -> torch.Tensor:  # noqa: ANN001
         raise NotImplementedError
+
+    def generator(self, seed: int, idx: int, stage: int):  # noqa: ANN201
+        """The random source of sample ``idx`` at ``stage``."""
+        return sample_generator(seed, idx, stage)
 
     def radius(self, p_lower: float) -> float:
         raise NotImplementedError
 
-    def sample_counts(self, x: torch.Tensor, num: int, generator: torch.Generator) -> np.ndarray:
+    def sample_counts(self, x: torch.Tensor, num: int, generator) -> np.ndarray:  # noqa: ANN001
         """Class counts of the base classifier on ``num`` noisy copies of ``x`` (one input)."""
         counts = np.zeros(self.num_classes, dtype=np.int64)
         left = num
@@ -84,7 +96,7 @@ class _Smoothing:
         """PREDICT: the top class if a two-sided binomial test at level ``alpha`` says it beats the
         runner-up, else ABSTAIN. Guarantee (Cohen et al., Thm. 2): returns a class other than
         ``g(x)`` with probability at most ``alpha``."""
-        counts = self.sample_counts(x, n, sample_generator(seed, idx, 2))
+        counts = self.sample_counts(x, n, self.generator(seed, idx, 2))
         top2 = np.argsort(-counts, kind="stable")[:2]
         n_a, n_b = int(counts[top2[0]]), int(counts[top2[1]])
         return ABSTAIN if binom_test_abstain(n_a, n_b, alpha) else int(top2[0])
@@ -97,9 +109,9 @@ class _Smoothing:
         ``c_A`` and the radius, else ABSTAIN. Guarantee: with probability ≥ 1 − alpha over the
         sampling, a returned ``c_A`` is ``g(x')`` for every input ``x'`` within the radius."""
         t0 = time.perf_counter()
-        c0 = self.sample_counts(x, n0, sample_generator(seed, idx, 0))
+        c0 = self.sample_counts(x, n0, self.generator(seed, idx, 0))
         c_a = int(np.argmax(c0))  # ties to the smallest index
-        counts = self.sample_counts(x, n, sample_generator(seed, idx, 1))
+        counts = self.sample_counts(x, n, self.generator(seed, idx, 1))
         p_lower = lower_confidence_bound(int(counts[c_a]), n, alpha)
         r = self.radius(p_lower)
         pred, radius = (c_a, r) if r >= 0 else (ABSTAIN, 0.0)
@@ -114,8 +126,12 @@ class IntegerSmoothing(_Smoothing):
 
     The radius is :func:`qcert.smoothing.radius.certified_radius` for the noise actually sampled
     (sound for integer perturbations, in any dimension; see docs/smoothing.md), divided by LEVELS.
-    ``logits_fn`` replaces the reference executor by another exact integer engine (e.g. the
-    exported ONNX graph in onnxruntime); it must return the same int64 logits.
+    The noisy inputs come from the fused kernel :func:`qcert.smoothing.kernels.noisy_rows`; the
+    logits from ``engine``: ``int8`` (default: :class:`qcert.quant.int8.Int8Executor`, torch's
+    int8 products where provably exact), ``torch`` (the reference executor) or ``onnx`` (the
+    integer ONNX graph in onnxruntime). ``logits_fn`` replaces the engine by another exact
+    integer function; all must return the same int64 logits, so every engine gives the same
+    results.
     """
 
     arith = "int"
@@ -126,26 +142,41 @@ class IntegerSmoothing(_Smoothing):
         sigma: float,
         batch: int = 1000,
         logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        engine: str = "torch",
+        engine: str = "int8",
     ) -> None:
         super().__init__(net, sigma, batch)
         self.noise = DiscreteGaussian(self.sigma_levels)
         from qcert.smoothing.engine import integer_classifier, integer_engine
 
-        if logits_fn is None:
+        self.engine = engine if logits_fn is None else "custom"
+        self._int8 = None
+        self.offset, self.noisy_dtype = 0, np.int64
+        if logits_fn is None and engine == "int8":
+            from qcert.quant.int8 import Int8Executor
+
+            self._int8 = Int8Executor(net)
+            logits_fn = self._int8.logits
+            if self._int8.input_offset is not None:
+                self.offset, self.noisy_dtype = self._int8.input_offset, np.int8
+        elif logits_fn is None:
             logits_fn = integer_engine(net, engine)
         self.logits_fn = logits_fn
-        self.classify = integer_classifier(lambda q: self.logits_fn(q))
-        lo, hi = net.input_range
-        # x + δ fits int16 when the noise table's support and the input range are small enough
-        small = self.noise.support_bound + max(abs(lo), abs(hi)) < 2**15
-        self.work_dtype = torch.int16 if small else torch.int64
+        fast = self._int8 is not None and self.noisy_dtype is np.int8
+        self.classify = integer_classifier(
+            self._int8.logits_offset if fast else (lambda q: self.logits_fn(q))  # type: ignore[union-attr]
+        )
 
-    def _classify_noisy(self, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    def generator(self, seed: int, idx: int, stage: int) -> NoiseStream:
+        return noise_stream(seed, idx, stage)
+
+    def _classify_noisy(self, x: torch.Tensor, k: int, g: NoiseStream) -> torch.Tensor:
+        from qcert.smoothing.kernels import noisy_rows
+
         lo, hi = self.net.input_range
-        delta = self.noise.sample((k, *x.shape), g).to(self.work_dtype)
-        noisy = (x.to(self.work_dtype).unsqueeze(0) + delta).clamp_(lo, hi)
-        return self.classify(noisy)
+        noisy = noisy_rows(
+            self.noise, x.reshape(-1).numpy(), k, g, lo, hi, self.offset, self.noisy_dtype
+        )
+        return self.classify(torch.from_numpy(noisy).view(k, *self.net.input_shape))
 
     def radius(self, p_lower: float) -> float:
         r = certified_radius(p_lower, self.noise, self.dim)
@@ -181,7 +212,7 @@ class FloatSmoothing(_Smoothing):
 
 
 def make_smoothing(
-    net: QNetwork, sigma: float, arith: str = "int", batch: int = 1000, engine: str = "torch", **kw
+    net: QNetwork, sigma: float, arith: str = "int", batch: int = 1000, engine: str = "int8", **kw
 ) -> IntegerSmoothing | FloatSmoothing:
     """The smoothed classifier for ``arith`` ``"int"`` (on ``engine``) or ``"float"``."""
     if arith == "int":

@@ -1,0 +1,179 @@
+"""A fast exact executor: torch's int8 matrix product with int32 accumulation.
+
+For each :class:`QLinear` whose integer weights fit int8 and whose input takes at most 256 values
+(by the static interval bounds over the whole input range), the product is computed as
+
+    ``W q + b = W (q − o) + (o · Σ_k W[:, k] + b)``
+
+with ``q − o`` in int8 and ``torch._int_mm`` (oneDNN's int8 GEMM; VNNI instructions where the CPU
+has them) accumulating in int32. That is exact: ``|W (q − o)| ≤ K · 128 · 128 < 2**31`` for the
+fan-in ``K`` this module accepts, the correction term is checked to fit int32, and the true
+accumulator lies inside its static bound, which is checked to fit int32 too. A following
+:class:`QRequant` with a right shift runs in int32 when that bound plus the rounding constant stays
+below ``2**31``. Every other layer (convolutions, pooling, wider weights or inputs) runs the
+reference code in int64, so any network runs; only the eligible layers are faster. (A fan-in of 1
+also stays on the reference code: torch 2.13's CPU ``_int_mm`` returns wrong values for it.)
+
+Construction checks ``torch._int_mm`` on every fast layer's own extreme operands (inputs at ±128
+matched to the weight signs, where an int16 pair-sum saturation would show) and the whole network
+on probe inputs against the reference executor, and raises :class:`QcertError` on any difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qcert.errors import InputError, QcertError
+from qcert.quant.format import round_shift
+from qcert.quant.layers import QFlatten, QLinear, QRequant
+from qcert.quant.network import QNetwork
+
+__all__ = ["Int8Executor", "int8_available"]
+
+_INT32_MAX = 2**31 - 1
+_MAX_FAN_IN = (2**31 - 1) // (128 * 128)
+
+
+def int8_available() -> bool:
+    """True when this torch build has the int8 matrix product (``torch._int_mm``)."""
+    return hasattr(torch, "_int_mm")
+
+
+@dataclass
+class _Linear:
+    weight_t: torch.Tensor  # K×M int8, a transposed view of a contiguous M×K tensor
+    offset: int  # input offset o: the int8 operand is q − o
+    correction: torch.Tensor  # 1×M, o · rowsum(W) + bias at the accumulator scale
+    int32_acc: bool  # accumulator plus correction fit int32
+    requant: QRequant | None  # fused requantization in int32 (right shift only)
+    shift: int
+
+    def __call__(self, t: torch.Tensor, t_offset: int) -> tuple[torch.Tensor, int]:
+        if t.dtype == torch.int8 and t_offset == self.offset:
+            a = t
+        else:  # values t + t_offset lie in [o − 128, o + 127] by the static bounds
+            a = (t.to(torch.int32) + (t_offset - self.offset)).to(torch.int8)
+        acc = torch._int_mm(a, self.weight_t)
+        acc = acc + self.correction if self.int32_acc else acc.to(torch.int64) + self.correction
+        if self.requant is None:
+            return acc, 0
+        fmt = self.requant.format
+        q = round_shift(acc, self.shift, self.requant.rounding).clamp_(fmt.qmin, fmt.qmax)
+        return q, 0
+
+
+class Int8Executor:
+    """Exact integer logits of a :class:`QNetwork` with int8 products where they are provably exact.
+
+    ``logits(q)`` takes integer inputs inside the input range (like
+    :meth:`QNetwork.integer_forward`, without its checks) and returns the same int64 logits.
+    ``logits_offset(a)`` takes int8 inputs ``a = q − input_offset`` (when :attr:`input_offset` is
+    not ``None``), which saves a conversion for callers that build inputs themselves.
+    """
+
+    def __init__(self, net: QNetwork, probes: int = 256) -> None:
+        if not int8_available():
+            raise QcertError("this torch build has no int8 matrix product (torch._int_mm)")
+        self.net = net
+        lo_v, hi_v = net.input_range
+        box = (1, *net.input_shape)
+        bounds = net.int_bounds(torch.full(box, lo_v), torch.full(box, hi_v))
+        out_bounds = [(int(lo.min()), int(hi.max())) for lo, hi in bounds]
+        in_bounds = [(lo_v, hi_v), *out_bounds[:-1]]
+        layers = list(net.layers)
+        self._steps: list[object] = []
+        self.fast_layers = 0
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            fused = layers[i + 1] if i + 1 < len(layers) else None
+            step = None
+            if isinstance(layer, QLinear):
+                requant = fused if isinstance(fused, QRequant) else None
+                step = self._linear(layer, in_bounds[i], out_bounds[i], requant)
+            if step is not None:
+                self._steps.append(step)
+                self.fast_layers += 1
+                i += 2 if step.requant is not None else 1
+                continue
+            self._steps.append(layer)
+            i += 1
+        lo0 = lo_v
+        self.input_offset = lo0 + 128 if hi_v - lo_v <= 255 else None
+        self._check(probes)
+
+    # ------------------------------------------------------------------ construction
+    def _linear(
+        self,
+        layer: QLinear,
+        in_bound: tuple[int, int],
+        acc_bound: tuple[int, int],
+        requant: QRequant | None,
+    ) -> _Linear | None:
+        lo, hi = in_bound
+        w = layer.int_weight()
+        fan_in = w.shape[1]
+        # torch 2.13's CPU _int_mm returns garbage for a fan-in of 1 (found by the check below):
+        # such layers stay on the reference code
+        if hi - lo > 255 or not 2 <= fan_in <= _MAX_FAN_IN or w.min() < -128 or w.max() > 127:
+            return None
+        offset = lo + 128
+        corr = offset * w.sum(dim=1)
+        b = layer.int_bias_acc()
+        if b is not None:
+            corr = corr + b
+        fits32 = max(abs(acc_bound[0]), abs(acc_bound[1])) <= _INT32_MAX and (
+            int(corr.abs().max()) <= _INT32_MAX
+        )
+        shift = 0
+        if requant is not None:
+            assert requant.in_frac is not None
+            shift = requant.in_frac - requant.format.frac
+            worst = max(abs(acc_bound[0]), abs(acc_bound[1])) + (1 << max(shift, 0))
+            if not (fits32 and shift > 0 and worst <= _INT32_MAX):
+                requant = None
+        weight_t = w.to(torch.int8).contiguous().t()
+        step = _Linear(
+            weight_t, offset, corr.to(torch.int32 if fits32 else torch.int64).view(1, -1),
+            fits32, requant, shift,
+        )  # fmt: skip
+        # int8 kernels that add products pairwise in int16 saturate on same-sign extremes:
+        # row r of the probe makes every product of weight row r maximal in magnitude
+        wl = w.to(torch.int64)
+        probe = torch.cat([torch.where(wl >= 0, 127, -128), torch.where(wl >= 0, -128, 127)])
+        got = torch._int_mm(probe.to(torch.int8), weight_t).to(torch.int64)
+        if not torch.equal(got, probe @ wl.t()):
+            raise QcertError("torch's int8 matrix product is not exact on this machine")
+        return step
+
+    def _check(self, probes: int) -> None:
+        from qcert.export.runtime import random_inputs
+
+        x = random_inputs(self.net, probes)
+        if not torch.equal(self.logits(x), self.net.integer_forward(x)):
+            raise QcertError("the int8 executor disagrees with the reference executor")
+
+    # ------------------------------------------------------------------ execution
+    @torch.no_grad()
+    def logits(self, q: torch.Tensor) -> torch.Tensor:
+        """Exact int64 logits of integer inputs ``q`` (N×input shape, inside the input range)."""
+        return self._run(q, 0)
+
+    @torch.no_grad()
+    def logits_offset(self, a: torch.Tensor) -> torch.Tensor:
+        """Exact int64 logits of the inputs ``a + input_offset`` given as int8 ``a``."""
+        if self.input_offset is None or a.dtype != torch.int8:
+            raise InputError("logits_offset takes int8 inputs of a network with ≤ 256 input levels")
+        return self._run(a, self.input_offset)
+
+    def _run(self, t: torch.Tensor, offset: int) -> torch.Tensor:
+        for step in self._steps:
+            if isinstance(step, _Linear):
+                t, offset = step(t, offset)
+            elif isinstance(step, QFlatten):
+                t = t.reshape(t.shape[0], -1)
+            else:
+                t, offset = step.integer(t.to(torch.int64) + offset), 0  # type: ignore[attr-defined]
+        return t.to(torch.int64) + offset

@@ -1,0 +1,117 @@
+"""The int8 executor returns the reference executor's int64 logits bit for bit.
+
+Random MLPs biased towards what the fast path takes (≤ 8-bit weights, ≤ 256 input levels, all
+rounding rules, biases, signed and unsigned activations, exact ties), the general random networks
+of the exactness test (convolutions, wide formats: the fallback and mixed paths), and the extremes
+of the input range.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from quant.test_network_exactness import networks, rand_codes
+
+from qcert.errors import InputError, QcertError
+from qcert.quant import FixedPointFormat, QFlatten, QLinear, QNetwork, QRequant, Rounding
+from qcert.quant.int8 import Int8Executor
+
+
+@st.composite
+def int8_mlps(draw):
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    extreme = draw(st.sampled_from([0.0, 0.3, 0.8]))
+    in_fmt = FixedPointFormat(draw(st.integers(2, 8)), draw(st.booleans()), draw(st.integers(0, 8)))
+    d = draw(st.integers(1, 40))
+    frac = in_fmt.frac
+    layers = []
+    n_linear = draw(st.integers(1, 3))
+    for i in range(n_linear):
+        out = draw(st.integers(1, 20)) if i < n_linear - 1 else draw(st.integers(2, 10))
+        wf = FixedPointFormat(draw(st.integers(2, 8)), True, draw(st.integers(0, 8)))
+        b, bf = None, None
+        if draw(st.booleans()):
+            # up to 32 bits: large biases push the accumulator out of int32 (the int64 path)
+            bf = FixedPointFormat(draw(st.integers(2, 32)), True, frac + wf.frac)
+            b = rand_codes(g, (out,), bf, extreme)
+        layers.append(QLinear.from_int(rand_codes(g, (out, d), wf, extreme), b, wf, bf))
+        frac += wf.frac
+        if i < n_linear - 1 or draw(st.booleans()):
+            # shifts from -2 (a left shift: int64 fallback) to 12, small ones make ties common
+            f = FixedPointFormat(
+                draw(st.integers(2, 8)), draw(st.booleans()), frac - draw(st.integers(-2, 12))
+            )
+            layers.append(QRequant(f, draw(st.sampled_from(list(Rounding)))))
+            frac = f.frac
+        d = out
+    return layers, (layers[0].weight.shape[1],), in_fmt, seed, extreme
+
+
+def _check(net: QNetwork, seed: int, extreme: float, batch: int) -> Int8Executor:
+    ex = Int8Executor(net, probes=16)
+    g = torch.Generator().manual_seed(seed + 11)
+    x = rand_codes(g, (batch, *net.input_shape), net.input_format, max(extreme, 0.3))
+    lo, hi = net.input_range
+    x = x.clamp(lo, hi)
+    x[0], x[-1] = hi, lo  # the corners (one of them when batch is 1)
+    ref = net.integer_forward(x)
+    got = ex.logits(x)
+    assert got.dtype == torch.int64 and torch.equal(got, ref)
+    if ex.input_offset is not None:
+        assert torch.equal(ex.logits_offset((x - ex.input_offset).to(torch.int8)), ref)
+    return ex
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=int8_mlps(), batch=st.integers(1, 9))
+def test_int8_mlps_match_the_reference(spec, batch) -> None:
+    layers, in_shape, in_fmt, seed, extreme = spec
+    net = QNetwork(layers, in_shape, in_fmt)
+    _check(net, seed, extreme, batch)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=networks(), batch=st.integers(2, 4))
+def test_general_networks_match_the_reference(spec, batch) -> None:
+    layers, in_shape, in_fmt, seed, extreme = spec
+    net = QNetwork(layers, in_shape, in_fmt)
+    assume(net.input_range[1] - net.input_range[0] < 2**20)
+    _check(net, seed, extreme, batch)
+
+
+def test_fast_path_is_taken_for_an_8_bit_mlp() -> None:
+    g = torch.Generator().manual_seed(0)
+    w, a = FixedPointFormat(8, True, 7), FixedPointFormat(8, False, 4)
+    net = QNetwork(
+        [
+            QFlatten(),
+            QLinear.from_int(torch.randint(-128, 128, (32, 64), generator=g), None, w, None),
+            QRequant(a),
+            QLinear.from_int(torch.randint(-128, 128, (10, 32), generator=g), None, w, None),
+        ],
+        (1, 8, 8),
+    )
+    ex = _check(net, 0, 0.5, 64)
+    assert ex.fast_layers == 2 and ex.input_offset == 128
+    with pytest.raises(InputError):
+        ex.logits_offset(torch.zeros(2, 1, 8, 8, dtype=torch.int64))
+
+
+def test_a_wrong_product_is_caught(monkeypatch) -> None:
+    """The construction-time checks refuse a kernel that saturates like an int16 pair sum."""
+    g = torch.Generator().manual_seed(1)
+    w = FixedPointFormat(8, True, 7)
+    net = QNetwork(
+        [QLinear.from_int(torch.randint(-128, 128, (4, 6), generator=g), None, w, None)], (6,)
+    )
+    real = torch._int_mm
+
+    def saturating(a, b):
+        return real(a, b).clamp(-(2**15), 2**15 - 1)
+
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    with pytest.raises(QcertError, match="not exact"):
+        Int8Executor(net)
