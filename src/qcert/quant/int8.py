@@ -14,9 +14,13 @@ below ``2**31``. Every other layer (convolutions, pooling, wider weights or inpu
 reference code in int64, so any network runs; only the eligible layers are faster. (A fan-in of 1
 also stays on the reference code: torch 2.13's CPU ``_int_mm`` returns wrong values for it.)
 
-Construction checks ``torch._int_mm`` on every fast layer's own extreme operands (inputs at ±128
-matched to the weight signs, where an int16 pair-sum saturation would show) and the whole network
-on probe inputs against the reference executor, and raises :class:`QcertError` on any difference.
+Construction checks ``torch._int_mm`` on every fast layer's own extreme operands (constant rows at
+127 and −128 and rows matched to the weight signs, where an int16 pair-sum saturation would show).
+On CPUs without VNNI, oneDNN's int8 GEMM does saturate for full-range 8-bit weights (seen with
+``ONEDNN_MAX_CPU_ISA=AVX2``); the layer then uses two products, ``2·⌊W/2⌋`` and ``W mod 2``, whose
+weights stay within ±64 so no pair sum can saturate, and the reference code if even that is not
+exact. Finally the whole network is compared with the reference executor on probe inputs, and
+:class:`QcertError` is raised on any difference.
 """
 
 from __future__ import annotations
@@ -41,9 +45,31 @@ def int8_available() -> bool:
     return hasattr(torch, "_int_mm")
 
 
+def _exact_products(weight: torch.Tensor, weight_t: torch.Tensor) -> bool:
+    """Whether ``torch._int_mm`` is exact for this weight on the operands where int8 kernels go
+    wrong: kernels that add two u8 × s8 products in int16 (AVX2 without VNNI: the input shifted to
+    u8 by +128, or the weight) saturate on constant extreme rows; the sign-matched rows make every
+    product of a weight row extreme with the same sign."""
+    wl = weight.to(torch.int64)
+    m, k = wl.shape
+    probe = torch.cat(
+        [
+            torch.where(wl >= 0, 127, -128),
+            torch.where(wl >= 0, -128, 127),
+            torch.full((1, k), 127),
+            torch.full((1, k), -128),
+        ]
+    )
+    got = torch._int_mm(probe.to(torch.int8), weight_t).to(torch.int64)
+    return torch.equal(got, probe @ wl.t())
+
+
 @dataclass
 class _Linear:
-    weight_t: torch.Tensor  # K×M int8, a transposed view of a contiguous M×K tensor
+    # (K×M int8 weight, a transposed view of a contiguous M×K tensor; multiplier): the product is
+    # Σ multiplier · (a @ weight), one part, or two (2·⌊W/2⌋ + (W mod 2)) where the kernel
+    # saturates on full-range weights
+    parts: list[tuple[torch.Tensor, int]]
     offset: int  # input offset o: the int8 operand is q − o
     correction: torch.Tensor  # 1×M, o · rowsum(W) + bias at the accumulator scale
     int32_acc: bool  # accumulator plus correction fit int32
@@ -55,7 +81,12 @@ class _Linear:
             a = t
         else:  # values t + t_offset lie in [o − 128, o + 127] by the static bounds
             a = (t.to(torch.int32) + (t_offset - self.offset)).to(torch.int8)
-        acc = torch._int_mm(a, self.weight_t)
+        (w0, m0), *rest = self.parts
+        acc = torch._int_mm(a, w0)
+        if m0 != 1:
+            acc.mul_(m0)
+        for w, m in rest:
+            acc.add_(torch._int_mm(a, w), alpha=m)
         acc = acc + self.correction if self.int32_acc else acc.to(torch.int64) + self.correction
         if self.requant is None:
             return acc, 0
@@ -85,6 +116,8 @@ class Int8Executor:
         layers = list(net.layers)
         self._steps: list[object] = []
         self.fast_layers = 0
+        #: why layers that could have been fast were not (an inexact int8 kernel)
+        self.notes: list[str] = []
         i = 0
         while i < len(layers):
             layer = layers[i]
@@ -134,19 +167,18 @@ class Int8Executor:
             worst = max(abs(acc_bound[0]), abs(acc_bound[1])) + (1 << max(shift, 0))
             if not (fits32 and shift > 0 and worst <= _INT32_MAX):
                 requant = None
-        weight_t = w.to(torch.int8).contiguous().t()
-        step = _Linear(
-            weight_t, offset, corr.to(torch.int32 if fits32 else torch.int64).view(1, -1),
-            fits32, requant, shift,
-        )  # fmt: skip
-        # int8 kernels that add products pairwise in int16 saturate on same-sign extremes:
-        # row r of the probe makes every product of weight row r maximal in magnitude
-        wl = w.to(torch.int64)
-        probe = torch.cat([torch.where(wl >= 0, 127, -128), torch.where(wl >= 0, -128, 127)])
-        got = torch._int_mm(probe.to(torch.int8), weight_t).to(torch.int64)
-        if not torch.equal(got, probe @ wl.t()):
-            raise QcertError("torch's int8 matrix product is not exact on this machine")
-        return step
+        # full-range weights in one product, else the exact split W = 2·⌊W/2⌋ + (W mod 2) whose
+        # parts stay within ±64 (no int16 pair sum of a u8 × s8 kernel can saturate), else none
+        half = torch.div(w, 2, rounding_mode="floor")
+        for parts in ([(w, 1)], [(half, 2), (w - 2 * half, 1)]):
+            packed = [(p.to(torch.int8).contiguous().t(), m) for p, m in parts]
+            if all(_exact_products(p, pt) for (p, _), (pt, _) in zip(parts, packed)):
+                break
+        else:
+            self.notes.append(f"{layer!r}: torch's int8 product is not exact here; reference used")
+            return None
+        corr32 = corr.to(torch.int32 if fits32 else torch.int64).view(1, -1)
+        return _Linear(packed, offset, corr32, fits32, requant, shift)
 
     def _check(self, probes: int) -> None:
         from qcert.export.runtime import random_inputs
