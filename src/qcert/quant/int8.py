@@ -150,7 +150,9 @@ class Int8Executor:
         fan_in = w.shape[1]
         # torch 2.13's CPU _int_mm returns garbage for a fan-in of 1 (found by the check below):
         # such layers stay on the reference code
-        if hi - lo > 255 or not 2 <= fan_in <= _MAX_FAN_IN or w.min() < -128 or w.max() > 127:
+        if hi - lo > 255 or abs(lo) > 2**30 or not 2 <= fan_in <= _MAX_FAN_IN:
+            return None
+        if w.min() < -128 or w.max() > 127:
             return None
         offset = lo + 128
         corr = offset * w.sum(dim=1)
