@@ -10,7 +10,13 @@ See ``docs/smoothing.md`` for the derivation of the radius and why it is sound.
 
 from __future__ import annotations
 
-from qcert.smoothing.noise import MAX_SIGMA, RESOLUTION_BITS, DiscreteGaussian, SmoothingError
+from qcert.smoothing.noise import (
+    MAX_SIGMA,
+    RESOLUTION_BITS,
+    DiscreteGaussian,
+    NoiseStream,
+    SmoothingError,
+)
 from qcert.smoothing.radius import (
     NOT_CERTIFIED,
     NUMERIC_MARGIN,
@@ -30,6 +36,7 @@ __all__ = [
     "NUMERIC_MARGIN",
     "RESOLUTION_BITS",
     "DiscreteGaussian",
+    "NoiseStream",
     "SmoothingError",
     "WorstCaseCurve",
     "binom_test_abstain",

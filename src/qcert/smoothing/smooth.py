@@ -165,6 +165,8 @@ class IntegerSmoothing(_Smoothing):
         self.classify = integer_classifier(
             self._int8.logits_offset if fast else (lambda q: self.logits_fn(q))  # type: ignore[union-attr]
         )
+        # compile (or load from numba's cache) the noise kernels now, not inside the first input's time
+        self._classify_noisy(torch.full(net.input_shape, net.input_range[0]), 1, NoiseStream(0))
 
     def generator(self, seed: int, idx: int, stage: int) -> NoiseStream:
         return noise_stream(seed, idx, stage)
