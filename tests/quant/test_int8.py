@@ -35,14 +35,16 @@ def int8_mlps(draw):
         b, bf = None, None
         if draw(st.booleans()):
             # up to 32 bits: large biases push the accumulator out of int32 (the int64 path)
-            bf = FixedPointFormat(draw(st.integers(2, 32)), True, frac + wf.frac)
+            bf = FixedPointFormat(draw(st.integers(2, 32)), True, min(frac + wf.frac, 32))
             b = rand_codes(g, (out,), bf, extreme)
         layers.append(QLinear.from_int(rand_codes(g, (out, d), wf, extreme), b, wf, bf))
         frac += wf.frac
         if i < n_linear - 1 or draw(st.booleans()):
             # shifts from -2 (a left shift: int64 fallback) to 12, small ones make ties common
             f = FixedPointFormat(
-                draw(st.integers(2, 8)), draw(st.booleans()), frac - draw(st.integers(-2, 12))
+                draw(st.integers(2, 8)),
+                draw(st.booleans()),
+                max(-32, min(32, frac - draw(st.integers(-2, 12)))),
             )
             layers.append(QRequant(f, draw(st.sampled_from(list(Rounding)))))
             frac = f.frac
