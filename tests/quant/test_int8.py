@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from quant.test_network_exactness import networks, rand_codes
+from quant.test_network_exactness import build, networks, rand_codes
 
 from qcert.errors import InputError
 from qcert.quant import FixedPointFormat, QFlatten, QLinear, QNetwork, QRequant, Rounding
@@ -79,7 +79,7 @@ def test_int8_mlps_match_the_reference(spec, batch) -> None:
 @given(spec=networks(), batch=st.integers(2, 4))
 def test_general_networks_match_the_reference(spec, batch) -> None:
     layers, in_shape, in_fmt, seed, extreme = spec
-    net = QNetwork(layers, in_shape, in_fmt)
+    net = build(layers, in_shape, in_fmt)
     assume(net.input_range[1] - net.input_range[0] < 2**20)
     _check(net, seed, extreme, batch)
 

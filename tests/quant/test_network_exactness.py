@@ -10,6 +10,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from qcert.errors import FormatError
 from qcert.quant import (
     FixedPointFormat,
     QAvgPool2d,
@@ -119,11 +120,21 @@ def networks(draw):
     return layers, input_shape, in_fmt, seed, extreme
 
 
+def build(layers, in_shape, in_fmt) -> QNetwork:
+    """The network, or skip the example when the constructor rightly rejects it (a static bound
+    shows int64 could overflow: the random formats can ask for that)."""
+    try:
+        return QNetwork(layers, in_shape, in_fmt)
+    except FormatError as e:
+        assume("overflow int64" not in str(e))
+        raise
+
+
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=networks(), batch=st.integers(1, 4))
 def test_fake_quant_matches_reference_bit_for_bit(spec, batch) -> None:
     layers, in_shape, in_fmt, seed, extreme = spec
-    net = QNetwork(layers, in_shape, in_fmt)
+    net = build(layers, in_shape, in_fmt)
     assume(net.exact_in(torch.float64))
     g = torch.Generator().manual_seed(seed + 7)
     x = rand_codes(g, (batch, *in_shape), in_fmt, max(extreme, 0.2))
