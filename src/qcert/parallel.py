@@ -41,9 +41,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
 
 
 def _call(fn: Callable[[Any, int], Any], payload: Any, index: int) -> tuple[int, Any]:
+    import numba
     import torch
 
     torch.set_num_threads(1)  # one core per task; Ray schedules the cores
+    numba.set_num_threads(1)  # the compiled noise kernels too
     return index, fn(payload, index)
 
 
