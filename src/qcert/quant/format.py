@@ -105,12 +105,11 @@ def round_shift(acc: torch.Tensor, shift: int, rounding: Rounding | str) -> torc
     """Exact ``round(acc / 2**shift)`` of an int64 tensor with the given rule (``shift`` may be ≤ 0).
 
     A non-positive shift multiplies by ``2**-shift`` exactly (the caller keeps the product below
-    2**63; :func:`requantize` does); a positive one rounds. An int32 tensor is accepted for the fast
-    executor (:mod:`qcert.quant.int8`), whose caller proves ``|acc| + 2**shift < 2**31``.
+    2**63; :func:`requantize` does); a positive one rounds.
     """
     rounding = Rounding.parse(rounding)
-    if acc.dtype not in (torch.int64, torch.int32):
-        raise FormatError(f"round_shift needs an int64 (or int32) tensor, got {acc.dtype}")
+    if acc.dtype != torch.int64:
+        raise FormatError(f"round_shift needs an int64 tensor, got {acc.dtype}")
     if shift <= 0:
         return acc * (1 << (-shift))
     if rounding is Rounding.FLOOR:
@@ -121,7 +120,7 @@ def round_shift(acc: torch.Tensor, shift: int, rounding: Rounding | str) -> torc
     q = acc >> shift
     rem = acc - (q << shift)  # in [0, 2**shift)
     up = (rem > half) | ((rem == half) & ((q & 1) == 1))
-    return q + up.to(acc.dtype)
+    return q + up.to(torch.int64)
 
 
 def requantize(

@@ -1,17 +1,18 @@
 """A fast exact executor: torch's int8 matrix product with int32 accumulation.
 
-For each :class:`QLinear` whose integer weights fit int8 and whose input takes at most 256 values
-(by the static interval bounds over the whole input range), the product is computed as
+For each :class:`QLinear` or :class:`QConv2d` whose integer weights fit int8 and whose input takes at
+most 256 values (by the static interval bounds over the whole input range; for a padded convolution
+the padding's 0 counts as a value), the product is computed as
 
     ``W q + b = W (q − o) + (o · Σ_k W[:, k] + b)``
 
 with ``q − o`` in int8 and ``torch._int_mm`` (oneDNN's int8 GEMM; VNNI instructions where the CPU
-has them) accumulating in int32. That is exact: ``|W (q − o)| ≤ K · 128 · 128 < 2**31`` for the
+has them) accumulating in int32 (a convolution on its im2col patches, read channel-last, and its output kept
+channel-last in memory so the next convolution reads it without a copy). That is exact: ``|W (q − o)| ≤ K · 128 · 128 < 2**31`` for the
 fan-in ``K`` this module accepts, the correction term is checked to fit int32, and the true
 accumulator lies inside its static bound, which is checked to fit int32 too. A following
 :class:`QRequant` with a right shift runs in int32 when that bound plus the rounding constant stays
-below ``2**31``. Every other layer (convolutions, pooling, wider weights or inputs) runs the
-reference code in int64, so any network runs; only the eligible layers are faster. (A fan-in of 1
+below ``2**31``. Every other layer (pooling, wider weights or inputs) runs the reference code in int64, so any network runs; only the eligible layers are faster. (A fan-in of 1
 also stays on the reference code: torch 2.13's CPU ``_int_mm`` returns wrong values for it.)
 
 Construction checks ``torch._int_mm`` on every fast layer's own extreme operands (constant rows at
@@ -28,17 +29,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from numba import njit, prange
 
 from qcert.errors import InputError, QcertError
-from qcert.quant.format import round_shift
-from qcert.quant.layers import QFlatten, QLinear, QRequant
+from qcert.quant.format import Rounding
+from qcert.quant.layers import QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 
 __all__ = ["Int8Executor", "int8_available"]
 
-_INT32_MAX = 2**31 - 1
 _MAX_FAN_IN = (2**31 - 1) // (128 * 128)
+
+
+_ROUNDING_CODE = {Rounding.FLOOR: 0, Rounding.HALF_UP: 1, Rounding.HALF_EVEN: 2}
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _requant(acc, corr, shift, mode, qmin, qmax, out_offset, out):  # pragma: no cover - compiled
+    # out = clamp(round((acc + corr) / 2**shift), qmin, qmax) − out_offset, in int64 arithmetic
+    m, c = acc.shape
+    half = np.int64(1) << (shift - 1)
+    for r in prange(m):
+        for k in range(c):
+            v = np.int64(acc[r, k]) + corr[k]
+            q = v >> shift
+            if mode == 1:
+                q = (v + half) >> shift
+            elif mode == 2:
+                rem = v - (q << shift)
+                if rem > half or (rem == half and (q & 1) == 1):
+                    q += 1
+            out[r, k] = min(max(q, qmin), qmax) - out_offset
 
 
 def int8_available() -> bool:
@@ -66,6 +90,39 @@ def _exact_products(weight: torch.Tensor, weight_t: torch.Tensor) -> bool:
 
 
 @dataclass
+class _Im2col:
+    """A convolution's geometry: its product is ``columns(a) @ W'ᵀ`` with ``W'`` the weight as
+    out × (kh·kw·C), the input patches read channel-last."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    out_hw: tuple[int, int]
+
+    def columns(self, a: torch.Tensor, pad_value: int) -> torch.Tensor:
+        """(N·OH·OW) × (kh·kw·C) int8 patches of the int8 N×C×H×W input (any strides; the
+        padding is ``pad_value``, the offset representation of a true 0)."""
+        x = a.permute(0, 2, 3, 1)  # channel-last: contiguous when a came from a convolution
+        ph, pw = self.padding
+        if ph or pw:
+            x = F.pad(x, (0, 0, pw, pw, ph, ph), value=pad_value)
+        x = x.contiguous()
+        n, _, _, c = x.shape
+        (kh, kw), (sh, sw), (oh, ow) = self.kernel, self.stride, self.out_hw
+        if c >= 4:  # one strided gather (measured faster for several channels)
+            s_n, s_h, s_w, s_c = x.stride()
+            view = x.as_strided((n, oh, ow, kh, kw, c), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
+            return view.reshape(n * oh * ow, kh * kw * c).contiguous()
+        out = torch.empty((n, oh, ow, kh, kw, c), dtype=torch.int8)
+        for i in range(kh):  # one block copy per kernel tap (measured faster for 1–3 channels)
+            for j in range(kw):
+                out[:, :, :, i, j, :] = x[
+                    :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw
+                ]
+        return out.view(n * oh * ow, kh * kw * c)
+
+
+@dataclass
 class _Linear:
     # the product a @ Wᵀ as parts (weight_t, rows): weight_t is a K×M' int8 transposed view of a
     # contiguous tensor, and the part adds a @ weight_t to the output columns rows (None: all).
@@ -73,26 +130,45 @@ class _Linear:
     # the residual W − clamp(W, −64, 64) on its nonzero rows only (few: large weights are rare)
     parts: list[tuple[torch.Tensor, torch.Tensor | None]]
     offset: int  # input offset o: the int8 operand is q − o
-    correction: torch.Tensor  # 1×M, o · rowsum(W) + bias at the accumulator scale
-    int32_acc: bool  # accumulator plus correction fit int32
-    requant: QRequant | None  # fused requantization in int32 (right shift only)
+    correction: torch.Tensor  # M int64: o · rowsum(W) + bias at the accumulator scale
+    requant: QRequant | None  # fused requantization (a right shift), compiled, one pass
     shift: int
+    conv: _Im2col | None = None  # a convolution: the product runs on its patches
+    # the fused requantization writes int8 in the next product's representation (q − out_offset)
+    # when out_int8, else int32 values (out_offset 0)
+    out_offset: int = 0
+    out_int8: bool = False
 
     def __call__(self, t: torch.Tensor, t_offset: int) -> tuple[torch.Tensor, int]:
         if t.dtype == torch.int8 and t_offset == self.offset:
             a = t
         else:  # values t + t_offset lie in [o − 128, o + 127] by the static bounds
             a = (t.to(torch.int32) + (t_offset - self.offset)).to(torch.int8)
+        n = a.shape[0]
+        if self.conv is not None:
+            a = self.conv.columns(a, -self.offset)
+        # torch 2.13's CPU _int_mm reads its first operand as if it were contiguous: a strided
+        # view (overlapping im2col windows, a caller's slice) gives garbage, so copy it first
+        a = a.contiguous()
         (w0, _), *rest = self.parts
-        acc = torch._int_mm(a, w0)
+        acc = torch._int_mm(a, w0)  # exact int32 (see the module docstring)
         for w, rows in rest:
             acc[:, rows] += torch._int_mm(a, w)
-        acc = acc + self.correction if self.int32_acc else acc.to(torch.int64) + self.correction
         if self.requant is None:
-            return acc, 0
-        fmt = self.requant.format
-        q = round_shift(acc, self.shift, self.requant.rounding).clamp_(fmt.qmin, fmt.qmax)
-        return q, 0
+            out, offset = acc.to(torch.int64) + self.correction, 0
+        else:
+            fmt = self.requant.format
+            out = torch.empty(acc.shape, dtype=torch.int8 if self.out_int8 else torch.int32)
+            code = _ROUNDING_CODE[self.requant.rounding]
+            _requant(
+                acc.numpy(), self.correction.numpy(), self.shift, code, fmt.qmin, fmt.qmax,
+                self.out_offset, out.numpy(),
+            )  # fmt: skip
+            offset = self.out_offset
+        if self.conv is not None:  # N×C×H×W, a view of channel-last memory
+            oh, ow = self.conv.out_hw
+            out = out.view(n, oh, ow, -1).permute(0, 3, 1, 2)
+        return out, offset
 
 
 class Int8Executor:
@@ -123,7 +199,7 @@ class Int8Executor:
             layer = layers[i]
             fused = layers[i + 1] if i + 1 < len(layers) else None
             step = None
-            if isinstance(layer, QLinear):
+            if isinstance(layer, QLinear | QConv2d):
                 requant = fused if isinstance(fused, QRequant) else None
                 step = self._linear(layer, in_bounds[i], out_bounds[i], requant)
             if step is not None:
@@ -133,20 +209,32 @@ class Int8Executor:
                 continue
             self._steps.append(layer)
             i += 1
-        lo0 = lo_v
-        self.input_offset = lo0 + 128 if hi_v - lo_v <= 255 else None
+        # a fused requantization feeds the next product directly in its int8 representation (its
+        # offset was chosen from the same static bounds the requantized values lie in)
+        for k, step in enumerate(self._steps):
+            nxt = next((s for s in self._steps[k + 1 :] if not isinstance(s, QFlatten)), None)
+            if isinstance(step, _Linear) and step.requant is not None and isinstance(nxt, _Linear):
+                step.out_offset, step.out_int8 = nxt.offset, True
+        self.input_offset = lo_v + 128 if hi_v - lo_v <= 255 else None
         self._check(probes)
 
     # ------------------------------------------------------------------ construction
     def _linear(
         self,
-        layer: QLinear,
+        layer: QLinear | QConv2d,
         in_bound: tuple[int, int],
         acc_bound: tuple[int, int],
         requant: QRequant | None,
     ) -> _Linear | None:
         lo, hi = in_bound
         w = layer.int_weight()
+        conv = None
+        if isinstance(layer, QConv2d):
+            assert layer.out_shape is not None
+            conv = _Im2col(layer.kernel_size, layer.stride, layer.padding, layer.out_shape[1:])
+            w = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # out × (kh·kw·C), channel-last
+            if any(layer.padding):  # the padding's true 0 must be representable too
+                lo, hi = min(lo, 0), max(hi, 0)
         fan_in = w.shape[1]
         # torch 2.13's CPU _int_mm returns garbage for a fan-in of 1 (found by the check below):
         # such layers stay on the reference code
@@ -159,22 +247,19 @@ class Int8Executor:
         b = layer.int_bias_acc()
         if b is not None:
             corr = corr + b
-        fits32 = max(abs(acc_bound[0]), abs(acc_bound[1])) <= _INT32_MAX and (
-            int(corr.abs().max()) <= _INT32_MAX
-        )
         shift = 0
         if requant is not None:
             assert requant.in_frac is not None
             shift = requant.in_frac - requant.format.frac
-            worst = max(abs(acc_bound[0]), abs(acc_bound[1])) + (1 << max(shift, 0))
-            if not (fits32 and shift > 0 and worst <= _INT32_MAX):
+            # the compiled requantization works in int64: |acc| + 2**shift stays far below 2**63
+            # (acc < 2**62 by the network's construction-time overflow check)
+            if not 0 < shift < 62:
                 requant = None
         parts = self._parts(w)
         if parts is None:
             self.notes.append(f"{layer!r}: torch's int8 product is not exact here; reference used")
             return None
-        corr32 = corr.to(torch.int32 if fits32 else torch.int64).view(1, -1)
-        return _Linear(parts, offset, corr32, fits32, requant, shift)
+        return _Linear(parts, offset, corr.to(torch.int64).contiguous(), requant, shift, conv)
 
     @staticmethod
     def _parts(w: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]] | None:
