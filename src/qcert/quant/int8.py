@@ -1,28 +1,34 @@
 """A fast exact executor: torch's int8 matrix product with int32 accumulation.
 
-For each :class:`QLinear` or :class:`QConv2d` whose integer weights fit int8 and whose input takes at
-most 256 values (by the static interval bounds over the whole input range; for a padded convolution
-the padding's 0 counts as a value), the product is computed as
+For each :class:`QLinear` or :class:`QConv2d` whose integer weights fit int8 and whose input takes
+at most 256 values (by the static interval bounds over the whole input range; for a padded
+convolution the padding's 0 counts as a value), the product is computed as
 
     ``W q + b = W (q − o) + (o · Σ_k W[:, k] + b)``
 
-with ``q − o`` in int8 and ``torch._int_mm`` (oneDNN's int8 GEMM; VNNI instructions where the CPU
-has them) accumulating in int32 (a convolution on its im2col patches, read channel-last, and its output kept
-channel-last in memory so the next convolution reads it without a copy). That is exact: ``|W (q − o)| ≤ K · 128 · 128 < 2**31`` for the
-fan-in ``K`` this module accepts, the correction term is checked to fit int32, and the true
-accumulator lies inside its static bound, which is checked to fit int32 too. A following
-:class:`QRequant` with a right shift runs in int32 when that bound plus the rounding constant stays
-below ``2**31``. Every other layer (pooling, wider weights or inputs) runs the reference code in int64, so any network runs; only the eligible layers are faster. (A fan-in of 1
-also stays on the reference code: torch 2.13's CPU ``_int_mm`` returns wrong values for it.)
+with ``q − o`` in int8 and ``torch._int_mm`` (oneDNN's int8 GEMM; VNNI/AMX instructions where the
+CPU has them) accumulating in int32; a convolution runs on its im2col patches, read channel-last,
+and keeps its output channel-last in memory so the next convolution reads it without a copy. That
+is exact: ``|W (q − o)| ≤ K · 128 · 128 < 2**31`` for the fan-in ``K`` this module accepts. The
+correction term is added in int64. A following :class:`QRequant` with a right shift is fused: one
+compiled pass adds the correction, rounds (every rule), saturates, and writes the next product's
+int8 operand directly (its offset comes from the same static bounds). Every other layer (pooling,
+wider weights or inputs, left shifts) runs the reference code in int64, so any network runs; only
+the eligible layers are faster.
+
+Two torch 2.13 defects are avoided (both pinned by tests): ``_int_mm`` on CPU returns wrong values
+for a fan-in of 1 (such layers use the reference code) and reads a strided first operand as if it
+were contiguous (operands are copied to contiguous memory first).
 
 Construction checks ``torch._int_mm`` on every fast layer's own extreme operands (constant rows at
 127 and −128 and rows matched to the weight signs, where an int16 pair-sum saturation would show).
 On CPUs without VNNI, oneDNN's int8 GEMM does saturate for full-range 8-bit weights (seen with
 ``ONEDNN_MAX_CPU_ISA=AVX2``); the layer then computes ``clamp(W, −64, 64)`` in one product and the
-residual ``W − clamp(W, −64, 64)`` in a second one restricted to its nonzero rows (large weights are
-rare: 0.04 % of an MNIST MLP's first layer, in 28 of its 256 rows); both have weights
-within ±64, so no pair sum can saturate. The reference code runs if even that is not exact. Finally the whole network is compared with the reference executor on probe inputs, and
-:class:`QcertError` is raised on any difference.
+residual ``W − clamp(W, −64, 64)`` in a second one restricted to its nonzero rows (large weights
+are rare: 0.04 % of an MNIST MLP's first layer, in 28 of its 256 rows); both have weights within
+±64, so no pair sum can saturate. The reference code runs if even that is not exact. Finally the
+whole network is compared with the reference executor on probe inputs, and :class:`QcertError` is
+raised on any difference.
 """
 
 from __future__ import annotations
@@ -42,8 +48,6 @@ from qcert.quant.network import QNetwork
 __all__ = ["Int8Executor", "int8_available"]
 
 _MAX_FAN_IN = (2**31 - 1) // (128 * 128)
-
-
 _ROUNDING_CODE = {Rounding.FLOOR: 0, Rounding.HALF_UP: 1, Rounding.HALF_EVEN: 2}
 
 
