@@ -175,6 +175,11 @@ class _Linear:
         return out, offset
 
 
+class _FlattenChannelLast:
+    """Flatten a convolution's channel-last output in (H, W, C) order (a view); the next linear
+    layer's weight columns are reordered to match."""
+
+
 class Int8Executor:
     """Exact integer logits of a :class:`QNetwork` with int8 products where they are provably exact.
 
@@ -205,7 +210,19 @@ class Int8Executor:
             step = None
             if isinstance(layer, QLinear | QConv2d):
                 requant = fused if isinstance(fused, QRequant) else None
-                step = self._linear(layer, in_bounds[i], out_bounds[i], requant)
+                # after a convolution's channel-last output and a flatten, a linear layer can take
+                # its weight columns in (H, W, C) order: the flatten is then a view, not a copy
+                cl = (
+                    len(self._steps) >= 2
+                    and isinstance(self._steps[-1], QFlatten)
+                    and isinstance(self._steps[-2], _Linear)
+                    and self._steps[-2].conv is not None
+                    and isinstance(layer, QLinear)
+                )
+                chw = self._steps[-1].in_shape if cl else None  # type: ignore[union-attr]
+                step = self._linear(layer, in_bounds[i], out_bounds[i], requant, chw)
+                if step is not None and cl:
+                    self._steps[-1] = _FlattenChannelLast()
             if step is not None:
                 self._steps.append(step)
                 self.fast_layers += 1
@@ -216,7 +233,8 @@ class Int8Executor:
         # a fused requantization feeds the next product directly in its int8 representation (its
         # offset was chosen from the same static bounds the requantized values lie in)
         for k, step in enumerate(self._steps):
-            nxt = next((s for s in self._steps[k + 1 :] if not isinstance(s, QFlatten)), None)
+            flat = (QFlatten, _FlattenChannelLast)
+            nxt = next((s for s in self._steps[k + 1 :] if not isinstance(s, flat)), None)
             if isinstance(step, _Linear) and step.requant is not None and isinstance(nxt, _Linear):
                 step.out_offset, step.out_int8 = nxt.offset, True
         self.input_offset = lo_v + 128 if hi_v - lo_v <= 255 else None
@@ -229,9 +247,13 @@ class Int8Executor:
         in_bound: tuple[int, int],
         acc_bound: tuple[int, int],
         requant: QRequant | None,
+        channel_last: tuple[int, ...] | None = None,
     ) -> _Linear | None:
         lo, hi = in_bound
         w = layer.int_weight()
+        if channel_last is not None:  # input flattened from (H, W, C) memory: reorder the columns
+            c, h, wd = channel_last
+            w = w.view(w.shape[0], c, h, wd).permute(0, 2, 3, 1).reshape(w.shape[0], -1)
         conv = None
         if isinstance(layer, QConv2d):
             assert layer.out_shape is not None
@@ -308,6 +330,8 @@ class Int8Executor:
                 t, offset = step(t, offset)
             elif isinstance(step, QFlatten):
                 t = t.reshape(t.shape[0], -1)
+            elif isinstance(step, _FlattenChannelLast):
+                t = t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
             else:
                 t, offset = step.integer(t.to(torch.int64) + offset), 0  # type: ignore[attr-defined]
         return t.to(torch.int64) + offset
