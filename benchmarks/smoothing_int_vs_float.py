@@ -26,13 +26,10 @@ from torch import nn
 
 from qcert.data import load
 from qcert.quant import from_float, load_model
-from qcert.smoothing.kernels import noisy_rows
 from qcert.smoothing.run import certify_dataset
 from qcert.smoothing.smooth import (
     FloatSmoothing,
     IntegerSmoothing,
-    noise_stream,
-    sample_generator,
 )
 
 ENGINES = ("int8", "torch", "onnx")
@@ -53,8 +50,6 @@ def per_thousand(net, x: torch.Tensor, sigma: float, repeats: int) -> dict[str, 
     its repeats in a block of its own (after a warm-up), so the thread pools of one engine do not
     spin into the next one's timing."""
     k = 1000
-    lo, hi = net.input_range
-    flat = x.reshape(-1).numpy()
     out: dict[str, dict[str, float]] = {}
 
     def timed(noise_fn, net_fn) -> dict[str, float]:
@@ -71,24 +66,12 @@ def per_thousand(net, x: torch.Tensor, sigma: float, repeats: int) -> dict[str, 
                 parts["total"].append(t2 - t0)
         return {name: 1000 * statistics.median(v) for name, v in parts.items()}
 
-    for e in ENGINES:
-        s = IntegerSmoothing(net, sigma, batch=k, engine=e)
-        out[e] = timed(
-            lambda rep, s=s: torch.from_numpy(
-                noisy_rows(
-                    s.noise, flat, k, noise_stream(1, rep, 1), lo, hi, s.offset, s.noisy_dtype
-                )
-            ).view(k, *net.input_shape),
-            s.classify,
-        )
-    flt = FloatSmoothing(net, sigma, batch=k)
-
-    def float_noise(rep: int) -> torch.Tensor:
-        noise = torch.randn((k, *x.shape), generator=sample_generator(1, rep, 1)) * flt.sigma_levels
-        return (x.to(torch.float32).unsqueeze(0) + noise).clamp_(lo, hi) * flt.scale
-
-    with torch.no_grad():
-        out["float"] = timed(float_noise, lambda q: flt.model(q).argmax(dim=1))
+    for name in (*ENGINES, "float"):  # each built right before its block
+        if name == "float":
+            s = FloatSmoothing(net, sigma, batch=k)
+        else:
+            s = IntegerSmoothing(net, sigma, batch=k, engine=name)
+        out[name] = timed(lambda rep, s=s: s.noisy(x, k, s.generator(1, rep, 1)), s.classify)
     return out
 
 

@@ -71,8 +71,17 @@ class _Smoothing:
         self.dim = math.prod(net.input_shape)
         self.num_classes = net.num_classes
 
-    def _classify_noisy(self, x: torch.Tensor, k: int, g) -> torch.Tensor:  # noqa: ANN001
+    def noisy(self, x: torch.Tensor, k: int, g) -> torch.Tensor:  # noqa: ANN001
+        """``k`` noisy copies of ``x`` drawn from the random source ``g``, clamped to the input
+        range, in the form :meth:`classify` takes."""
         raise NotImplementedError
+
+    def classify(self, noisy: torch.Tensor) -> torch.Tensor:
+        """The base classifier's classes of a batch from :meth:`noisy`."""
+        raise NotImplementedError
+
+    def _classify_noisy(self, x: torch.Tensor, k: int, g) -> torch.Tensor:  # noqa: ANN001
+        return self.classify(self.noisy(x, k, g))
 
     def generator(self, seed: int, idx: int, stage: int):  # noqa: ANN201
         """The random source of sample ``idx`` at ``stage``."""
@@ -148,7 +157,6 @@ class IntegerSmoothing(_Smoothing):
         self.noise = DiscreteGaussian(self.sigma_levels)
         from qcert.smoothing.engine import integer_classifier, integer_engine
 
-        self.engine = engine if logits_fn is None else "custom"
         self._int8 = None
         self.offset, self.noisy_dtype = 0, np.int64
         if logits_fn is None and engine == "int8":
@@ -161,9 +169,10 @@ class IntegerSmoothing(_Smoothing):
         elif logits_fn is None:
             logits_fn = integer_engine(net, engine)
         self.logits_fn = logits_fn
-        fast = self._int8 is not None and self.noisy_dtype is np.int8
-        self.classify = integer_classifier(
-            self._int8.logits_offset if fast else (lambda q: self.logits_fn(q))  # type: ignore[union-attr]
+        self.classify = integer_classifier(  # type: ignore[method-assign]
+            self._int8.logits_offset  # type: ignore[union-attr]
+            if self.noisy_dtype is np.int8
+            else (lambda q: self.logits_fn(q))
         )
         # compile (or load from numba's cache) the noise kernels now, not inside the first input's time
         self._classify_noisy(torch.full(net.input_shape, net.input_range[0]), 1, NoiseStream(0))
@@ -171,14 +180,15 @@ class IntegerSmoothing(_Smoothing):
     def generator(self, seed: int, idx: int, stage: int) -> NoiseStream:
         return noise_stream(seed, idx, stage)
 
-    def _classify_noisy(self, x: torch.Tensor, k: int, g: NoiseStream) -> torch.Tensor:
+    def noisy(self, x: torch.Tensor, k: int, g: NoiseStream) -> torch.Tensor:
+        """``clamp(x + δ) − offset`` (int8 for the int8 engine, else int64 with offset 0)."""
         from qcert.smoothing.kernels import noisy_rows
 
         lo, hi = self.net.input_range
         noisy = noisy_rows(
             self.noise, x.reshape(-1).numpy(), k, g, lo, hi, self.offset, self.noisy_dtype
         )
-        return self.classify(torch.from_numpy(noisy).view(k, *self.net.input_shape))
+        return torch.from_numpy(noisy).view(k, *self.net.input_shape)
 
     def radius(self, p_lower: float) -> float:
         r = certified_radius(p_lower, self.noise, self.dim)
@@ -198,13 +208,15 @@ class FloatSmoothing(_Smoothing):
         self.model = to_float(net)
         self.scale = 2.0**-net.input_format.frac
 
-    @torch.no_grad()
-    def _classify_noisy(self, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    def noisy(self, x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
         lo, hi = self.net.input_range
         noise = torch.randn((k, *x.shape), generator=g) * self.sigma_levels
         # clamping to the input range is part of the base classifier (as on the int path): it is
         # post-processing of x + δ, so Cohen's guarantee is unchanged
-        noisy = (x.to(torch.float32).unsqueeze(0) + noise).clamp_(lo, hi) * self.scale
+        return (x.to(torch.float32).unsqueeze(0) + noise).clamp_(lo, hi) * self.scale
+
+    @torch.no_grad()
+    def classify(self, noisy: torch.Tensor) -> torch.Tensor:
         return self.model(noisy).argmax(dim=1)
 
     def radius(self, p_lower: float) -> float:
