@@ -39,6 +39,8 @@ from qcert.verify.linear import F64, LinearBounds
 from qcert.verify.spec import OutputSpec
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]
+import os
+OUT_BOOST = float(os.environ.get("OUT_BOOST", "0"))
 
 
 @dataclass
@@ -117,6 +119,8 @@ class LinearBab:
         self.opt = options or LinearBabOptions()
         self.lb = LinearBounds(net)
         self.scale = [u.scale for u in self.lb.units]
+        #: the network's output is a requantization layer (its units are the logits)
+        self.output_units = bool(self.lb.units) and not self.lb.segments[-1]
 
     # ------------------------------------------------------------------ bounding
     def _scales(self, bounds: Bounds) -> list[torch.Tensor]:
@@ -154,6 +158,7 @@ class LinearBab:
         iters: int,
         split_mask: list[torch.Tensor] | None = None,
         thresholds: torch.Tensor | None = None,
+        deadline: float | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, _Params | None]:
         """Rigorous upper bounds (int64 B×R, floors of bound + error) of the rows ``C`` over
         each subproblem, after ``iters`` optimization steps of ``params`` (in place, detached
@@ -183,7 +188,7 @@ class LinearBab:
         for it in range(iters + 1):
             slopes = [(p[0] * s, p[1] * s) for p, s in zip(cur.slopes, scales)]
             betas = self._betas(cur, split_mask)
-            last = it == iters
+            last = it == iters or (deadline is not None and time.monotonic() > deadline)
             val, err, lams = self.lb.backward(
                 target, C, lo, hi, bounds, slopes, betas, want_lambdas=last
             )
@@ -338,7 +343,7 @@ def linear_bab_search(
     sub = params.rows(rows)
     with torch.enable_grad():
         ub2, _, _, sub = search.bound(
-            C[:, rows], flat_lo, flat_hi, root, sub, opt.root_iters, thresholds=thr[:, rows]
+            C[:, rows], flat_lo, flat_hi, root, sub, opt.root_iters, thresholds=thr[:, rows], deadline=deadline
         )
     params.set_rows(rows, sub)
     ub[:, rows] = torch.minimum(ub[:, rows], ub2)
@@ -399,7 +404,15 @@ def linear_bab_search(
         sub = cpar.rows(rows)
         with torch.enable_grad():
             rub, clam, clin, sub = search.bound(
-                C[:, rows].expand(nb, -1, -1), blo, bhi, cb, sub, opt.iters, mask, thr[:, rows]
+                C[:, rows].expand(nb, -1, -1),
+                blo,
+                bhi,
+                cb,
+                sub,
+                opt.iters,
+                mask,
+                thr[:, rows],
+                deadline,
             )
         cub = pub.repeat(2, 1)
         cub[:, rows] = torch.minimum(cub[:, rows], rub)
@@ -466,6 +479,8 @@ def _scores(search: LinearBab, bounds: Bounds, lams: list[torch.Tensor]) -> list
         gap = torch.maximum((a_up - a_lo) * lf + b_up - b_lo, (a_up - a_lo) * uf + b_up - b_lo)
         fixed = unit.layer.integer(l) == unit.layer.integer(u)
         s = lam.abs().sum(1) * gap
+        if k == len(bounds) - 1 and search.output_units and OUT_BOOST:
+            s = s * OUT_BOOST
         out.append(torch.where(fixed, torch.full_like(s, -1.0), s))
     return out
 
