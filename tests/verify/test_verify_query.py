@@ -9,6 +9,7 @@ from qnets import small_mlp
 
 import qcert.verify.query as query_mod
 from qcert.errors import InputError
+from qcert.quant import QNetwork
 from qcert.verify import METHODS, SearchOutcome, register_method, verify_sample, verify_vnnlib
 
 
@@ -26,7 +27,7 @@ def robustness_property(x: list[int], eps: int, label: int) -> str:
     return "\n".join([*lines, f"(assert (or {ors}))"])
 
 
-def point(net, seed: int) -> tuple[torch.Tensor, int]:  # noqa: ANN001
+def point(net: QNetwork, seed: int) -> tuple[torch.Tensor, int]:
     x = torch.randint(0, 16, (1, 3), generator=torch.Generator().manual_seed(seed))
     return x, int(net.predict(x)[0])
 

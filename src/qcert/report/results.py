@@ -29,25 +29,33 @@ __all__ = ["TSV_COLUMNS", "VERDICTS", "SmoothingRun", "TrainingRun", "VerifyRun"
 
 
 @dataclass
-class VerifyRun:
-    """One `qcert verify --out` JSONL file (its records: see ``qcert.runs.records``)."""
+class _Records:
+    """A dataset run's result file: its path, the model's name and its records (their schema:
+    ``qcert.runs.records``); ``seconds`` reads the field named by ``TIME``."""
 
+    TIME = "seconds"
     path: Path
     model: str
-    eps: float | None
     records: list[dict[str, Any]]
-
-    @property
-    def verdicts(self) -> list[str]:
-        return [r["verdict"] for r in self.records]
-
-    @property
-    def seconds(self) -> list[float]:
-        return [float(r["seconds"]) for r in self.records]
 
     @property
     def n(self) -> int:
         return len(self.records)
+
+    @property
+    def seconds(self) -> list[float]:
+        return [float(r[self.TIME]) for r in self.records]
+
+
+@dataclass
+class VerifyRun(_Records):
+    """One `qcert verify --out` JSONL file."""
+
+    eps: float | None = None
+
+    @property
+    def verdicts(self) -> list[str]:
+        return [r["verdict"] for r in self.records]
 
     def count(self, verdict: str) -> int:
         return self.verdicts.count(verdict)
@@ -58,35 +66,25 @@ class VerifyRun:
 
 
 @dataclass
-class SmoothingRun:
+class SmoothingRun(_Records):
     """One `qcert smooth certify --out` TSV file (Cohen et al.'s columns); a non-finite radius
     reads as 0."""
 
-    path: Path
-    model: str
-    sigma: float | None
-    arith: str
-    rows: list[dict[str, Any]]
+    TIME = "time"
+    sigma: float | None = None
+    arith: str = "int"
 
     @property
     def radius(self) -> list[float]:
-        return [r["radius"] for r in self.rows]
-
-    @property
-    def seconds(self) -> list[float]:
-        return [r["time"] for r in self.rows]
-
-    @property
-    def n(self) -> int:
-        return len(self.rows)
+        return [r["radius"] for r in self.records]
 
     def certified_acc(self, r: float) -> float:
         """Share of samples predicted correctly with certified radius ≥ r (Cohen's definition)."""
-        return certified_accuracy(self.rows, r)
+        return certified_accuracy(self.records, r)
 
     @property
     def abstain_rate(self) -> float:
-        return abstain_rate(self.rows)
+        return abstain_rate(self.records)
 
 
 @dataclass
@@ -118,7 +116,7 @@ def read_verify(path: Path) -> VerifyRun:
     model = next((r["model"] for r in reversed(records) if "model" in r), None)
     if eps is None:
         eps = _name_number(path, "eps")
-    return VerifyRun(path, str(model or _model_name(path)), eps, records)
+    return VerifyRun(path, str(model or _model_name(path)), records, eps)
 
 
 def read_smoothing(path: Path) -> SmoothingRun:
@@ -138,7 +136,7 @@ def read_smoothing(path: Path) -> SmoothingRun:
             raise InputError(f"{sidecar}: not a JSON summary")
         sigma = meta.get("sigma", sigma)
         arith = meta.get("arith", arith)
-    return SmoothingRun(path, _model_name(path), sigma, arith, rows)
+    return SmoothingRun(path, _model_name(path), rows, sigma, arith)
 
 
 def read_training(path: Path) -> TrainingRun:

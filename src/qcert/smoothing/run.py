@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -116,7 +116,7 @@ def certify_dataset(
             "correct": int(res.predict == y), "time": res.seconds,
         }  # fmt: skip
 
-    def results(todo: list[int]):  # noqa: ANN202
+    def results(todo: list[int]) -> Iterable[tuple[int, Any]]:
         return compute(
             net, work, todo, solver=smoother, ray=ray, ray_address=ray_address, workers=workers
         )
@@ -147,7 +147,7 @@ def predict_dataset(
     smoother = make_smoothing(net, sigma, arith, batch, engine)
     t0 = time.perf_counter()
 
-    def results(todo: list[int]):  # noqa: ANN202
+    def results(todo: list[int]) -> Iterable[tuple[int, Any]]:
         return ((i, smoother.predict(images[i], n, alpha, seed=seed, idx=i)) for i in todo)
 
     def row(i: int, p: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ ties to the smallest index), ``vulnerable`` (with a counterexample re-checked by
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,7 +240,7 @@ def verify_dataset(
             res.boxes_explored, method, res.method, eps, sha, extra,
         )  # fmt: skip
 
-    def results(todo: list[int]):  # noqa: ANN202
+    def results(todo: list[int]) -> Iterable[tuple[int, Any]]:
         return compute(
             net, work, todo, solver=verifier, ray=ray, ray_address=ray_address, workers=workers
         )
