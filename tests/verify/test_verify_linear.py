@@ -198,3 +198,22 @@ def test_prebuilt_bounds_and_single_points() -> None:
     other = OutputSpec.robustness((label + 1) % net.num_classes, net.num_classes)
     res = linear_bab_search(net, x, x, other)
     assert res.status == "unsafe" and torch.equal(res.counterexample.reshape(x.shape), x)
+
+
+def test_the_method_is_registered_and_follows_weight_changes() -> None:
+    from qcert.verify.query import verify_query
+
+    net = random_net(2)
+    lo_v, _ = net.input_range
+    x = torch.full((1, *net.input_shape), lo_v, dtype=torch.int64)
+    label = int(net.predict(x)[0])
+    spec = OutputSpec.robustness(label, net.num_classes)
+    assert verify_query(net, x, x, spec, method="linear-bab").proven
+    with torch.no_grad():  # a change in place: the cached searcher must not be reused
+        for p in net.parameters():
+            p.data.mul_(-1)
+    lo, hi = eps_box(net, x, 2)
+    truth = truth_verdict(net, x[0], label, 2)
+    res = verify_query(net, lo, hi, spec, method="linear-bab")
+    assert res.engine == "linear-bab"
+    assert res.proven == (truth == "robust")
