@@ -182,7 +182,7 @@ class LinearBab:
             [leaves[2 * i : 2 * i + 2] for i in range(n)],
             [leaves[2 * n + 2 * i : 2 * n + 2 * i + 2] for i in range(n)],
         )
-        opt = torch.optim.Adam(leaves, lr=self.opt.lr)
+        opt = _Adam(leaves, self.opt.lr)
         best = None
         best_val = None
         for it in range(iters + 1):
@@ -200,10 +200,8 @@ class LinearBab:
             if last:
                 best = lams
                 break
-            opt.zero_grad()
             loss = (ub if thresholds is None else (ub - thresholds).clamp(min=-1.0)).sum()
-            loss.backward()
-            opt.step()
+            opt.step(torch.autograd.grad(loss, leaves, allow_unused=True))
             with torch.no_grad():
                 for pair in cur.slopes:
                     for t in pair:
@@ -229,6 +227,29 @@ class LinearBab:
             mm = m.unsqueeze(1).to(F64) * s
             out.append((bu * mm, bl * mm))
         return out
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015) on a few leaf tensors, updated in place. Written here because
+    ``torch.optim`` imports the compiler stack on first use (seconds per process), which a
+    verifier answering in milliseconds cannot pay; the parameters' soundness does not depend on
+    the optimizer (any slope and any ``β >= 0`` gives a valid bound)."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float) -> None:
+        self.params, self.lr, self.t = params, lr, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads: tuple[torch.Tensor | None, ...]) -> None:
+        self.t += 1
+        c1, c2 = 1 - 0.9**self.t, 1 - 0.999**self.t
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            if g is None:
+                continue
+            m.mul_(0.9).add_(g, alpha=0.1)
+            v.mul_(0.999).addcmul_(g, g, value=0.001)
+            p.sub_(self.lr * (m / c1) / ((v / c2).sqrt() + 1e-8))
 
 
 def _floor(v: torch.Tensor) -> torch.Tensor:
@@ -393,14 +414,18 @@ def linear_bab_search(
         out.stats["split_s"] += time.monotonic() - ts
         tb = time.monotonic()
         cb = cbounds
+        rows = (pub.repeat(2, 1) >= spec.b.unsqueeze(0)).any(0).nonzero().squeeze(1)
         if opt.refine_units:
-            cb = _refine_children(search, flat_lo, flat_hi, cbounds, choice[0], opt.refine_units)
+            # on requantized logits, only the units the open rows read are re-tightened
+            used = (spec.A[rows] != 0).any(0).nonzero().squeeze(1) if search.output_units else None
+            cb = _refine_children(
+                search, flat_lo, flat_hi, cbounds, choice[0], opt.refine_units, used
+            )
         nb = cb[0][0].shape[0]
         mask = [((l != rl) | (u != ru)) for (l, u), rl, ru in zip(cb, root_l, root_u)]
         blo, bhi = flat_lo.expand(nb, -1), flat_hi.expand(nb, -1)
         # only the rows still open in some subproblem of the batch are bounded again; the
         # others keep the parent's bound (a child's points are a subset of its parent's)
-        rows = (pub.repeat(2, 1) >= spec.b.unsqueeze(0)).any(0).nonzero().squeeze(1)
         sub = cpar.rows(rows)
         with torch.enable_grad():
             rub, clam, clin, sub = search.bound(
@@ -531,24 +556,32 @@ def _refine_children(
     bounds: Bounds,
     split_layer: torch.Tensor,
     max_units: int,
+    last_units: torch.Tensor | None = None,
 ) -> Bounds:
-    """Re-tighten, by linear bounds, the ranges of layers after the earliest split layer."""
+    """Re-tighten, by linear bounds, the ranges of layers after the earliest split layer (of the
+    last layer only ``last_units``, when given)."""
     lb = search.lb
     first = int(split_layer.min()) + 1
     bounds = list(bounds)
     nb = bounds[0][0].shape[0]
     for k in range(first, len(lb.units)):
         n = lb.units[k].size
-        if n > max_units:
+        units = torch.arange(n)
+        if k == len(lb.units) - 1 and last_units is not None:
+            units = last_units
+        m = int(units.numel())
+        if m > max_units or not m:
             continue
-        eye = torch.eye(n, dtype=F64).unsqueeze(0).expand(nb, n, n)
+        eye = torch.eye(n, dtype=F64)[units].unsqueeze(0).expand(nb, m, n)
         C = torch.cat([eye, -eye], dim=1)
         val, err, _ = lb.backward(k, C, lo.expand(nb, -1), hi.expand(nb, -1), bounds[:k])
-        ubv = _floor(val[:, :n] + err[:, :n])
-        lbv = -_floor(val[:, n:] + err[:, n:])
-        l, u = bounds[k]
-        nl, nu = torch.maximum(l, lbv), torch.minimum(u, ubv)
-        bounds[k] = (torch.minimum(nl, nu), nu)
+        ubv = _floor(val[:, :m] + err[:, :m])
+        lbv = -_floor(val[:, m:] + err[:, m:])
+        l, u = bounds[k][0].clone(), bounds[k][1].clone()
+        nl = torch.maximum(l[:, units], lbv)
+        nu = torch.minimum(u[:, units], ubv)
+        l[:, units], u[:, units] = torch.minimum(nl, nu), nu
+        bounds[k] = (l, u)
     return bounds
 
 
