@@ -23,8 +23,8 @@ __all__ = [
     "MODEL_NAME",
     "ScheduleValues",
     "StepStats",
+    "BoundedMethod",
     "TrainMethod",
-    "bounded_step",
     "cross_entropy_step",
 ]
 
@@ -58,26 +58,6 @@ def cross_entropy_step(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Ten
     loss = F.cross_entropy(logits, y)
     correct = int((argmax_first(logits.detach()) == y).sum())
     return loss, StepStats(float(loss.detach()), int(y.numel()), correct, None)
-
-
-def bounded_step(
-    config: TrainConfig,
-    logits: torch.Tensor,
-    bounds: IBPBounds,
-    y: torch.Tensor,
-    sv: ScheduleValues,
-) -> tuple[torch.Tensor, StepStats]:
-    """The loss of the bound-based methods, ``CE + κ·robust(LB) + λ·Σ widths``, and what the step
-    saw (its training-mode certified count: positive margin bounds and a correct prediction)."""
-    c = config
-    ce = F.cross_entropy(logits, y)
-    ok = argmax_first(logits.detach()) == y
-    rob = robust_loss(
-        c.robust_loss, bounds.margin_lb, y, ok if c.only_correct else None, c.hinge_margin
-    )
-    loss = ce + sv.kappa * rob + sv.lam * width_penalty(bounds.widths)
-    cert = int((bounds.certified(y) & ok).sum())
-    return loss, StepStats(float(loss.detach()), int(y.numel()), int(ok.sum()), cert)
 
 
 class TrainMethod:
@@ -168,3 +148,33 @@ class TrainMethod:
     def meta(self) -> dict[str, Any]:
         c = self.config
         return {"method": c.method, "arch": c.arch, "dataset": c.dataset, "eps": c.eps}
+
+
+class BoundedMethod(TrainMethod):
+    """A bound-based method (QA-IBP, float IBP; combine it with the method whose plain loss it
+    extends): that plain loss in the warm-up, then ``CE + κ·robust(LB) + λ·Σ widths`` on the
+    training-mode bounds of :meth:`bounds`."""
+
+    robust = True
+    bounded = True
+
+    def bounds(
+        self, x: torch.Tensor, y: torch.Tensor, sv: ScheduleValues
+    ) -> tuple[torch.Tensor, IBPBounds]:
+        """The clean logits of ``x`` and the margin bounds over the boxes ``x ± sv.eps``."""
+        raise NotImplementedError
+
+    def loss(
+        self, x: torch.Tensor, y: torch.Tensor, sv: ScheduleValues
+    ) -> tuple[torch.Tensor, StepStats]:
+        if sv.warmup or (sv.eps <= 0 and sv.kappa <= 0 and sv.lam <= 0):
+            return super().loss(x, y, sv)
+        c = self.config
+        logits, b = self.bounds(x, y, sv)
+        ce = F.cross_entropy(logits, y)
+        ok = argmax_first(logits.detach()) == y
+        only = ok if c.only_correct else None
+        rob = robust_loss(c.robust_loss, b.margin_lb, y, only, c.hinge_margin)
+        loss = ce + sv.kappa * rob + sv.lam * width_penalty(b.widths)
+        cert = int((b.certified(y) & ok).sum())
+        return loss, StepStats(float(loss.detach()), int(y.numel()), int(ok.sum()), cert)

@@ -13,17 +13,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from qcert.bounds.ibp import float_ibp_bounds
+from qcert.bounds.ibp import IBPBounds, float_ibp_bounds
 from qcert.data import IntDataset
 from qcert.quant.convert import from_float
 from qcert.quant.floatmodel import FLOAT_INPUT_SCALE, build_float, plan
 from qcert.quant.network import QNetwork
 from qcert.train.archs import layer_bits
 from qcert.train.base import (
+    BoundedMethod,
     ScheduleValues,
     StepStats,
     TrainMethod,
-    bounded_step,
     cross_entropy_step,
 )
 from qcert.train.evaluate import float_ibp_transfer
@@ -89,20 +89,15 @@ class FloatMethod(TrainMethod):
         return ev
 
 
-class FloatIBPMethod(FloatMethod):
+class FloatIBPMethod(BoundedMethod, FloatMethod):
     """Float IBP certified training (same loss and schedule as QA-IBP, float bounds), then PTQ."""
 
     name = "float-ibp"
-    robust = True
-    bounded = True
 
-    def loss(
+    def bounds(
         self, x: torch.Tensor, y: torch.Tensor, sv: ScheduleValues
-    ) -> tuple[torch.Tensor, StepStats]:
-        if sv.warmup or (sv.eps <= 0 and sv.kappa <= 0 and sv.lam <= 0):
-            return super().loss(x, y, sv)
+    ) -> tuple[torch.Tensor, IBPBounds]:
         s = FLOAT_INPUT_SCALE
-        logits = self.model(x * s)
         lo = (x - sv.eps).clamp(0.0, INPUT_MAX) * s
         hi = (x + sv.eps).clamp(0.0, INPUT_MAX) * s
-        return bounded_step(self.config, logits, float_ibp_bounds(self.model, lo, hi, y), y, sv)
+        return self.model(x * s), float_ibp_bounds(self.model, lo, hi, y)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from qcert.bounds.ibp import qaibp_bounds
+from qcert.bounds.ibp import IBPBounds, qaibp_bounds
 from qcert.quant.network import QNetwork
 from qcert.train.archs import build_qnetwork
 from qcert.train.base import (
+    BoundedMethod,
     ScheduleValues,
     StepStats,
     TrainMethod,
-    bounded_step,
     cross_entropy_step,
 )
 
@@ -50,23 +50,16 @@ class QATMethod(TrainMethod):
         return net
 
 
-class QAIBPMethod(QATMethod):
+class QAIBPMethod(BoundedMethod, QATMethod):
     """QA-IBP certified training (warm-up: plain QAT)."""
 
     name = "qa-ibp"
-    robust = True
-    bounded = True
 
-    def loss(
+    def bounds(
         self, x: torch.Tensor, y: torch.Tensor, sv: ScheduleValues
-    ) -> tuple[torch.Tensor, StepStats]:
-        if sv.warmup or (sv.eps <= 0 and sv.kappa <= 0 and sv.lam <= 0):
-            return super().loss(x, y, sv)
+    ) -> tuple[torch.Tensor, IBPBounds]:
         net = self.net
-        logits = net(x)
-        return bounded_step(
-            self.config, logits, qaibp_bounds(net, x - sv.eps, x + sv.eps, y), y, sv
-        )
+        return net(x), qaibp_bounds(net, x - sv.eps, x + sv.eps, y)
 
 
 class NoiseMethod(QATMethod):
