@@ -9,13 +9,13 @@ import pytest
 
 from qcert.errors import ModelFileError
 from qcert.quant import files
-from qcert.quant.files import atomic_write, read_bytes
+from qcert.quant.files import read_bytes, write_atomic
 
 
 def test_atomic_write_replaces_the_file_and_leaves_nothing_else(tmp_path: Path) -> None:
     path = tmp_path / "m.qnn"
-    atomic_write(path, b"first")
-    atomic_write(path, "second, as text ε")
+    write_atomic(path, b"first")
+    write_atomic(path, "second, as text ε")
     assert path.read_text(encoding="utf-8") == "second, as text ε"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.qnn"]
     # the usual permissions of a new file (not a private temporary file's)
@@ -28,14 +28,14 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "metrics.json"
-    atomic_write(path, "{}")
+    write_atomic(path, "{}")
 
     def broken_replace(src: str, dst: str) -> None:
         raise OSError("disk gone")
 
     monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk gone"):
-        atomic_write(path, "{half")
+        write_atomic(path, "{half")
     assert path.read_text() == "{}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 

@@ -21,10 +21,10 @@ from safetensors.numpy import load as st_load
 
 from qcert.errors import ModelFileError
 
-__all__ = ["atomic_write", "read_bytes", "read_safetensors"]
+__all__ = ["write_atomic", "read_bytes", "read_safetensors"]
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write ``data`` (``str`` as UTF-8) to ``path`` so that ``path`` is either the old file or
     the whole new one, never a part: a temporary file in the same folder is written, flushed to
     disk (``fsync``) and renamed over ``path`` (``os.replace``); on any error the temporary file

@@ -16,7 +16,7 @@ import torch
 from safetensors.numpy import save as st_save
 
 from qcert.errors import FormatError, ModelFileError
-from qcert.quant.files import atomic_write, read_bytes, read_safetensors
+from qcert.quant.files import read_bytes, read_safetensors, write_atomic
 from qcert.quant.format import FixedPointFormat, Rounding, smallest_int_dtype
 from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLayer, QLinear, QRequant
 from qcert.quant.network import QNetwork
@@ -63,7 +63,7 @@ def model_to_bytes(net: QNetwork) -> bytes:
 
 def save_model(net: QNetwork, path: str | os.PathLike[str]) -> None:
     """Write ``net`` to a ``.qnn`` file (atomically: a partial file never replaces a good one)."""
-    atomic_write(path, model_to_bytes(net))
+    write_atomic(path, model_to_bytes(net))
 
 
 def load_model(path: str | os.PathLike[str]) -> QNetwork:

@@ -1,7 +1,7 @@
 """Training checkpoints: one safetensors file ``DIR/checkpoint.safetensors`` holding the model's
 parameters (``model.<name>``) and the optimizer's state tensors (``optim.<param>.<key>``), with
 everything else (config, epoch, step, elapsed seconds, history, optimizer hyper-parameters) as JSON
-in the file's metadata. Written atomically (:func:`qcert.quant.files.atomic_write`); loading
+in the file's metadata. Written atomically (:func:`qcert.quant.files.write_atomic`); loading
 never unpickles.
 """
 
@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from qcert.errors import ModelFileError
-from qcert.quant.files import atomic_write
+from qcert.quant.files import write_atomic
 
 __all__ = ["CHECKPOINT_NAME", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -68,7 +68,7 @@ def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint) -> None:
         "history": ckpt.history,
         "optimizer": opt_meta,
     }
-    atomic_write(path, save(tensors, metadata={"qcert": json.dumps(meta)}))
+    write_atomic(path, save(tensors, metadata={"qcert": json.dumps(meta)}))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:

@@ -27,7 +27,7 @@ from torch import nn
 
 from qcert.data import load
 from qcert.errors import ConfigError
-from qcert.quant.files import atomic_write
+from qcert.quant.files import write_atomic
 from qcert.quant.floatmodel import FloatModel
 from qcert.quant.network import QNetwork
 from qcert.train.base import MODEL_NAME, ScheduleValues, TrainMethod
@@ -337,5 +337,5 @@ def train(
         "history": history,
         "model": str(out / method.output_name),
     }
-    atomic_write(out / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
+    write_atomic(out / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
     return TrainResult(saved, metrics, out, cfg, history, method.output_name)

@@ -32,7 +32,7 @@ from safetensors.numpy import save as st_save
 from torch import nn
 
 from qcert.errors import FormatError, ModelFileError
-from qcert.quant.files import atomic_write, read_bytes, read_safetensors
+from qcert.quant.files import read_bytes, read_safetensors, write_atomic
 from qcert.quant.floatmodel.walker import plan
 from qcert.quant.network import DEFAULT_INPUT_FORMAT
 
@@ -189,7 +189,7 @@ def save_float(model: FloatModel, path: str | os.PathLike[str]) -> None:
             tensors[f"layers.{i}.weight"] = m.weight.detach().float().contiguous().numpy()
             if m.bias is not None:
                 tensors[f"layers.{i}.bias"] = m.bias.detach().float().contiguous().numpy()
-    atomic_write(
+    write_atomic(
         path, st_save(tensors, metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
     )
 
