@@ -39,8 +39,6 @@ from qcert.verify.linear import F64, LinearBounds
 from qcert.verify.spec import OutputSpec
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]
-import os
-OUT_BOOST = float(os.environ.get("OUT_BOOST", "0"))
 
 
 @dataclass
@@ -364,7 +362,14 @@ def linear_bab_search(
     sub = params.rows(rows)
     with torch.enable_grad():
         ub2, _, _, sub = search.bound(
-            C[:, rows], flat_lo, flat_hi, root, sub, opt.root_iters, thresholds=thr[:, rows], deadline=deadline
+            C[:, rows],
+            flat_lo,
+            flat_hi,
+            root,
+            sub,
+            opt.root_iters,
+            thresholds=thr[:, rows],
+            deadline=deadline,
         )
     params.set_rows(rows, sub)
     ub[:, rows] = torch.minimum(ub[:, rows], ub2)
@@ -504,8 +509,6 @@ def _scores(search: LinearBab, bounds: Bounds, lams: list[torch.Tensor]) -> list
         gap = torch.maximum((a_up - a_lo) * lf + b_up - b_lo, (a_up - a_lo) * uf + b_up - b_lo)
         fixed = unit.layer.integer(l) == unit.layer.integer(u)
         s = lam.abs().sum(1) * gap
-        if k == len(bounds) - 1 and search.output_units and OUT_BOOST:
-            s = s * OUT_BOOST
         out.append(torch.where(fixed, torch.full_like(s, -1.0), s))
     return out
 

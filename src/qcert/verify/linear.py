@@ -375,7 +375,7 @@ class LinearBounds:
         lo: torch.Tensor,
         hi: torch.Tensor,
         bounds: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-        max_units: int = 4096,
+        max_units: int = 512,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Intermediate bounds: interval bounds tightened, layer by layer, by backward linear
         bounds of each unit's accumulator (layers with more than ``max_units`` units keep their

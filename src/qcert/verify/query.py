@@ -136,6 +136,9 @@ def _portfolio(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
     return _milp(q, max(1e-3, timeout - (time.monotonic() - t0)))
 
 
+#: the method used when none is named: exact, and the strongest on networks of every kind
+DEFAULT_METHOD = "linear-bab"
+
 #: the verification methods by name (``--method``)
 METHODS: dict[str, Method] = {
     "linear-bab": _linear_bab,
@@ -173,7 +176,7 @@ def verify_query(
     hi: torch.Tensor,
     spec: OutputSpec,
     *,
-    method: str = "bab",
+    method: str = DEFAULT_METHOD,
     timeout: float = 20.0,
     options: BabOptions | None = None,
     x0: torch.Tensor | None = None,
