@@ -54,17 +54,22 @@ class LinearBabOptions:
         attack_steps, attack_restarts: PGD on the query box before branching.
         refine_units: children re-tighten later layers' ranges by linear bounds when those
             layers have at most this many units.
+        threads: torch CPU threads during the search (restored after it). The search runs many
+            small products, where a second thread costs more in synchronization than it saves,
+            and ten times more on a machine whose cores are busy (measured in docs/verify.md);
+            0 leaves the setting alone.
         seed: seed of the attacks.
     """
 
     batch: int = 64
     root_iters: int = 20
-    iters: int = 6
+    iters: int = 3
     lr: float = 0.2
     max_queue: int = 20_000
     attack_steps: int = 20
     attack_restarts: int = 2
     refine_units: int = 256
+    threads: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -72,7 +77,14 @@ class LinearBabOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("root_iters", "iters", "attack_steps", "attack_restarts", "refine_units"):
+        for name in (
+            "root_iters",
+            "iters",
+            "attack_steps",
+            "attack_restarts",
+            "refine_units",
+            "threads",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InputError(f"{name} must be a non-negative integer, got {v!r}")
@@ -269,7 +281,6 @@ def _largest_at_most(layer, l: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -
         b = torch.where(open_ & ~ok, mid, b)
 
 
-@torch.no_grad()
 def linear_bab_search(
     net: QNetwork,
     lo: torch.Tensor,
@@ -287,12 +298,33 @@ def linear_bab_search(
     ``spec``: ``safe`` (a proof), ``unsafe`` (a counterexample confirmed by
     ``net.integer_forward``) or ``timeout``. ``bounds``, ``fake`` and ``searcher`` may be prebuilt
     for ``net`` (and ``spec``) and reused across queries."""
+    search = searcher if searcher is not None else LinearBab(net, options)
+    before = torch.get_num_threads()
+    if search.opt.threads:
+        torch.set_num_threads(search.opt.threads)
+    try:
+        with torch.no_grad():
+            return _search(net, lo, hi, spec, timeout, x0, bounds, fake, search)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _search(
+    net: QNetwork,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    spec: OutputSpec,
+    timeout: float,
+    x0: torch.Tensor | None,
+    bounds: SpecBounds | None,
+    fake: FakeForward | None,
+    search: LinearBab,
+) -> SearchOutcome:
     t0 = time.monotonic()
     deadline = t0 + float(timeout)
     lo, hi = check_box(net, lo.reshape(1, *net.input_shape), hi.reshape(1, *net.input_shape))
     if bounds is None:
         bounds = SpecBounds(net, spec)
-    search = searcher if searcher is not None else LinearBab(net, options)
     opt = search.opt
     out = SearchOutcome(SAFE, stats={"bound_s": 0.0, "attack_s": 0.0, "split_s": 0.0})
 
