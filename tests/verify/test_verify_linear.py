@@ -149,7 +149,7 @@ def test_large_accumulators_stay_sound() -> None:
     assert float(err.max()) < 1.0  # the error term stays far below one integer step
 
 
-NO_ATTACK = LinearBabOptions(attack_steps=0, root_iters=2, iters=2, batch=4)
+NO_ATTACK = LinearBabOptions(attack_steps=0, root_iters=2, iters=2, batch=4, input_split_dims=0)
 
 
 def _search_matches_enumeration(seed: int) -> None:
@@ -167,7 +167,7 @@ def _search_matches_enumeration(seed: int) -> None:
                 continue
             lo, hi = eps_box(net, x[None], eps)
             spec = OutputSpec.robustness(label, net.num_classes)
-            for options in (NO_ATTACK, LinearBabOptions()):
+            for options in (NO_ATTACK, LinearBabOptions(input_split_dims=0), LinearBabOptions()):
                 res = linear_bab_search(net, lo, hi, spec, timeout=60, options=options)
                 assert res.status == ("safe" if truth == "robust" else "unsafe"), (seed, q, res)
                 if res.status == "unsafe":

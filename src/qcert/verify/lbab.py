@@ -54,6 +54,9 @@ class LinearBabOptions:
         attack_steps, attack_restarts: PGD on the query box before branching.
         refine_units: children re-tighten later layers' ranges by linear bounds when those
             layers have at most this many units.
+        input_split_dims: a box with at most this many free input dimensions goes to input
+            splitting (:func:`bab_search`) after the root bounds: there a few splits decide
+            what many unit splits would.
         threads: torch CPU threads during the search (restored after it). The search runs many
             small products, where a second thread costs more in synchronization than it saves,
             and ten times more on a machine whose cores are busy (measured in docs/verify.md);
@@ -69,6 +72,7 @@ class LinearBabOptions:
     attack_steps: int = 20
     attack_restarts: int = 2
     refine_units: int = 256
+    input_split_dims: int = 6
     threads: int = 1
     seed: int = 0
 
@@ -83,6 +87,7 @@ class LinearBabOptions:
             "attack_steps",
             "attack_restarts",
             "refine_units",
+            "input_split_dims",
             "threads",
         ):
             v = getattr(self, name)
@@ -413,6 +418,11 @@ def _search(
     point = confirm(_corners(lam_in, flat_lo, flat_hi))
     if point is not None:
         return unsafe(point, "the linear bound's maximizer")
+    free = int((flat_hi > flat_lo).sum())
+    if free <= opt.input_split_dims:
+        return _input_splitting(
+            net, lo, hi, spec, deadline, opt.seed, bounds, fake, out, "few inputs"
+        )
     # 5. branch and bound over unit values
     root_l = [l for l, _ in root]
     root_u = [u for _, u in root]
@@ -505,22 +515,30 @@ def _search(
         out.note = "branch and bound over unit values"
         return out
     # 6. the exact input-splitting search for the rest of the time
+    return _input_splitting(net, lo, hi, spec, deadline, opt.seed, bounds, fake, out, stuck_note)
+
+
+def _input_splitting(
+    net: QNetwork,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    spec: OutputSpec,
+    deadline: float,
+    seed: int,
+    bounds: SpecBounds,
+    fake: FakeForward | None,
+    out: SearchOutcome,
+    why: str,
+) -> SearchOutcome:
+    """Hand the query to the exact input-splitting search for the time that is left."""
     left = deadline - time.monotonic()
     if left <= 0:
-        out.status, out.note = TIMEOUT, f"time limit ({stuck_note})"
+        out.status, out.note = TIMEOUT, f"time limit ({why})"
         return out
-    res = bab_search(
-        net,
-        lo,
-        hi,
-        spec,
-        timeout=left,
-        options=BabOptions(seed=opt.seed, attack_steps=0),
-        bounds=bounds,
-        fake=fake,
-    )
+    options = BabOptions(seed=seed, attack_steps=0)
+    res = bab_search(net, lo, hi, spec, timeout=left, options=options, bounds=bounds, fake=fake)
     res.boxes += out.boxes
-    res.note = f"{stuck_note}; input splitting: {res.note or res.status}"
+    res.note = f"{why}; input splitting: {res.note or res.status}"
     return res
 
 
