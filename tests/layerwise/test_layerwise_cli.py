@@ -15,7 +15,7 @@ from qcert.data import load
 from qcert.layerwise.floatio import FloatModel, save_float
 from qcert.layerwise.pipeline import search_eps_for
 from qcert.quant import load_model
-from qcert.quant.evaluate import accuracy
+from qcert.quant.accuracy import accuracy
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from qcert.layerwise.floatio import FloatModel
 from qcert.layerwise.metric import deviation_bound, float_forward64, profile
 from qcert.layerwise.search import STRATEGIES, allocate, quantize
 from qcert.quant import FixedPointFormat, from_float
-from qcert.quant.evaluate import accuracy
+from qcert.quant.accuracy import accuracy
 
 
 @pytest.fixture(scope="module")

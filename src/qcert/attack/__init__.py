@@ -21,7 +21,7 @@ from qcert.attack.base import (
     check_eps,
     check_labels,
 )
-from qcert.attack.evaluate import robust_accuracy
+from qcert.attack.robustness import robust_accuracy
 from qcert.attack.pgd import PGD, pgd_attack
 
 __all__ = [

@@ -10,7 +10,7 @@ from typing import Any
 
 from qcert.attack import check_eps
 from qcert.errors import InputError
-from qcert.layerwise.evaluate import evaluate_qnetwork
+from qcert.layerwise.scoring import evaluate_qnetwork
 from qcert.layerwise.floatio import FloatModel, load_float
 from qcert.layerwise.search import quantize
 from qcert.progress import progress_task

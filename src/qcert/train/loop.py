@@ -30,7 +30,7 @@ from qcert.train.baselines import FLOAT_INPUT_SCALE, FloatIBPMethod, FloatMethod
 from qcert.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
 from qcert.train.config import TrainConfig
 from qcert.train.data import epoch_batches, epoch_generator, pad_and_crop
-from qcert.train.evaluate import evaluate_network, float_ibp_transfer
+from qcert.train.metrics import evaluate_network, float_ibp_transfer
 from qcert.train.qaibp import NoiseMethod, QAIBPMethod, QATMethod
 from qcert.train.schedules import RampSchedule, progress_of
 
