@@ -9,8 +9,9 @@ import time
 
 import torch
 
-from qcert.attack.base import Attack, AttackResult, FakeForward, Goal
+from qcert.attack.base import Attack, AttackResult, Goal
 from qcert.errors import InputError
+from qcert.quant.fake_forward import FakeForward
 from qcert.quant.network import QNetwork
 
 LOSSES = ("targeted", "margin")

@@ -33,6 +33,7 @@ from torch import nn
 
 from qcert.errors import InputError
 from qcert.quant.format import round_float
+from qcert.quant.inputs import check_box, check_labels
 from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 
@@ -65,15 +66,6 @@ class IBPBounds:
         return (lb > 0).all(dim=1)
 
 
-def _check_labels(labels: torch.Tensor, batch: int, num_classes: int) -> torch.Tensor:
-    labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
-    if labels.numel() != batch:
-        raise InputError(f"{labels.numel()} labels for {batch} boxes")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise InputError(f"labels must lie in 0..{num_classes - 1}")
-    return labels
-
-
 def _fused_margin(
     w: torch.Tensor,
     b: torch.Tensor | None,
@@ -97,23 +89,10 @@ def _zero_true_class(lb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return lb.masked_fill(mask, 0.0)
 
 
-def _check_box(lo: torch.Tensor, hi: torch.Tensor, shape: tuple[int, ...]) -> None:
-    if lo.shape != hi.shape:
-        raise InputError(f"box bounds have different shapes {tuple(lo.shape)}, {tuple(hi.shape)}")
-    if lo.dim() != len(shape) + 1 or tuple(lo.shape[1:]) != tuple(shape):
-        raise InputError(
-            f"expected boxes of shape N×{'×'.join(map(str, shape))}, got {tuple(lo.shape)}"
-        )
-    if lo.is_floating_point() and bool(torch.isnan(lo).any() | torch.isnan(hi).any()):
-        raise InputError("box bounds contain NaN")
-    if bool((lo > hi).any()):
-        raise InputError("box lower bound exceeds its upper bound")
-
-
 def _input_box(
     net: QNetwork, lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_box(lo, hi, net.input_shape)
+    check_box(net, lo, hi, integer=False)
     rlo, rhi = net.input_range
     scale = 2.0**-net.input_format.frac
     lo = lo.to(dtype).clamp(rlo, rhi) * scale
@@ -207,7 +186,7 @@ def qaibp_bounds(
         integer step). When the network ends in a :class:`QLinear`, that layer is fused with the
         margin matrix; otherwise ``lb_j = lower(z_y) - upper(z_j)``.
     """
-    labels = _check_labels(labels, lo.shape[0], net.num_classes)
+    labels = check_labels(net, labels, lo.shape[0], "boxes")
     layers = list(net.layers)
     fused = _fusable_last(layers, (QLinear,))
     body = layers[:-1] if fused else layers
@@ -276,10 +255,7 @@ def float_ibp_bounds(
     statement about a quantized version of the model. ``widths`` holds the mean width after each
     ReLU.
     """
-    if lo.shape != hi.shape:
-        raise InputError(f"box bounds have different shapes {tuple(lo.shape)}, {tuple(hi.shape)}")
-    if bool((lo > hi).any()):
-        raise InputError("box lower bound exceeds its upper bound")
+    check_box(None, lo, hi, integer=False)
     leaves = _float_leaves(model)
     while leaves and isinstance(leaves[-1], _FLOAT_IDENTITY):
         leaves = leaves[:-1]
@@ -294,7 +270,7 @@ def float_ibp_bounds(
     if l.dim() != 2:
         raise InputError("the float model must end in a vector of logits")
     num_classes = leaves[-1].out_features if fused else l.shape[1]  # type: ignore[union-attr]
-    labels = _check_labels(labels, lo.shape[0], int(num_classes))
+    labels = check_labels(int(num_classes), labels, lo.shape[0], "boxes")
     if fused:
         last = leaves[-1]
         assert isinstance(last, nn.Linear)

@@ -11,11 +11,12 @@ import json
 import time
 from pathlib import Path
 
-from qcert.attack import check_eps, robust_accuracy
+from qcert.attack import robust_accuracy
 from qcert.cli.common import add_dataset_args, load_dataset_for, positive_int, print_json
 from qcert.errors import InputError
 from qcert.progress import progress_task
 from qcert.quant import load_model
+from qcert.quant.inputs import check_eps
 
 
 def _eps(text: str) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from qcert.export.exporter import FLAVOURS, InexactExportWarning, onnx_model, to_onnx
 from qcert.export.importer import from_onnx, load_onnx
 from qcert.export.qdq import qdq_problems
-from qcert.export.runtime import compare_onnx, onnx_logits, random_inputs, session
+from qcert.export.runtime import compare_onnx, onnx_logits, session
+from qcert.quant.inputs import random_inputs
 
 __all__ = [
     "FLAVOURS",

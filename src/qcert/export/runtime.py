@@ -93,23 +93,6 @@ def onnx_logits(
     return torch.from_numpy(out.astype(np.int64))
 
 
-def random_inputs(net: QNetwork, n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` integer inputs: the two corners of the input range, inputs drawn from the range's
-    extremes only, and uniform ones (int64, N×input shape)."""
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = net.input_range
-    shape = (n, *net.input_shape)
-    x = torch.randint(lo, hi + 1, shape, generator=g)
-    extreme = torch.where(torch.rand(shape, generator=g) < 0.5, lo, hi)
-    pick = torch.rand((n,) + (1,) * len(net.input_shape), generator=g) < 0.3
-    x = torch.where(pick, extreme, x)
-    if n >= 1:
-        x[0] = hi
-    if n >= 2:
-        x[1] = lo
-    return x
-
-
 @torch.no_grad()
 def compare_onnx(
     net: QNetwork,

@@ -40,18 +40,11 @@ from qcert.layerwise.floatio import (
     save_float,
 )
 from qcert.progress import progress_task
+from qcert.quant.inputs import check_levels
 
 STATE_FILE = "train_state.safetensors"
 MODEL_FILE = "float.safetensors"
 METRICS_FILE = "metrics.json"
-
-
-def _check_eps(eps: float, what: str = "eps") -> float:
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps):
-        raise InputError(f"{what} must be a finite number of input levels, got {eps!r}")
-    if eps < 0:
-        raise InputError(f"{what} must be non-negative, got {eps!r}")
-    return float(eps)
 
 
 def pgd_float(
@@ -69,13 +62,13 @@ def pgd_float(
     ``[x - eps, x + eps] ∩ input_range`` (input levels, real-valued) with signed-gradient steps of
     ``step_size`` levels (default ``2.5 * eps / steps``) from a uniform random start. Returns the
     perturbed inputs (float32, same shape). The model's mode (train/eval) is left unchanged."""
-    eps = _check_eps(eps)
+    eps = check_levels(eps)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise InputError(f"steps must be a non-negative integer, got {steps!r}")
     x = x_int.to(torch.float32)
     if eps == 0 or steps == 0:
         return x.clone()
-    alpha = 2.5 * eps / steps if step_size is None else _check_eps(step_size, "step_size")
+    alpha = 2.5 * eps / steps if step_size is None else check_levels(step_size, "step_size")
     lo = (x - eps).clamp(*input_range)
     hi = (x + eps).clamp(*input_range)
     if random_start:
@@ -204,7 +197,7 @@ def train_pgd(
     """
     from qcert.data import load
 
-    eps = _check_eps(eps)
+    eps = check_levels(eps)
     for name, v in (("epochs", epochs), ("steps", steps), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "steps" else 1):
             raise InputError(f"{name} must be a positive integer, got {v!r}")

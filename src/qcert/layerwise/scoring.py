@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from qcert.attack import check_eps, robust_accuracy
+from qcert.attack import robust_accuracy
 from qcert.bounds import certified_accuracy
 from qcert.quant.accuracy import accuracy
+from qcert.quant.inputs import check_eps
 from qcert.quant.network import QNetwork
 
 

@@ -4,6 +4,7 @@ float PyTorch, and the ``.qnn`` model file."""
 from __future__ import annotations
 
 from qcert.quant.convert import from_float, to_float
+from qcert.quant.fake_forward import FakeForward
 from qcert.quant.format import (
     FixedPointFormat,
     Rounding,
@@ -11,12 +12,14 @@ from qcert.quant.format import (
     requantize,
     round_shift,
 )
+from qcert.quant.inputs import check_box, check_eps, check_labels, check_levels, random_inputs
 from qcert.quant.io import load_model, save_model
 from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLayer, QLinear, QRequant
 from qcert.quant.network import DEFAULT_INPUT_FORMAT, QNetwork, argmax_first
 
 __all__ = [
     "DEFAULT_INPUT_FORMAT",
+    "FakeForward",
     "FixedPointFormat",
     "QAvgPool2d",
     "QConv2d",
@@ -27,9 +30,14 @@ __all__ = [
     "QRequant",
     "Rounding",
     "argmax_first",
+    "check_box",
+    "check_eps",
+    "check_labels",
+    "check_levels",
     "fake_requantize",
     "from_float",
     "load_model",
+    "random_inputs",
     "save_model",
     "to_float",
     "requantize",

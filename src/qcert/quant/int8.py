@@ -42,6 +42,7 @@ from numba import njit, prange
 
 from qcert.errors import InputError, QcertError
 from qcert.quant.format import Rounding
+from qcert.quant.inputs import random_inputs
 from qcert.quant.layers import QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 
@@ -305,8 +306,6 @@ class Int8Executor:
         return None
 
     def _check(self, probes: int) -> None:
-        from qcert.export.runtime import random_inputs
-
         x = random_inputs(self.net, probes)
         if not torch.equal(self.logits(x), self.net.integer_forward(x)):
             raise QcertError("the int8 executor disagrees with the reference executor")

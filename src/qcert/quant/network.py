@@ -17,6 +17,7 @@ from torch import nn
 
 from qcert.errors import FormatError, InputError
 from qcert.quant.format import FixedPointFormat
+from qcert.quant.inputs import check_box
 from qcert.quant.layers import (
     QAvgPool2d,
     QConv2d,
@@ -218,9 +219,7 @@ class QNetwork(nn.Module):
         both bounds; every integer input in the box has every intermediate value inside them.
         Returns one (lower, upper) pair per layer (up to layer ``upto``).
         """
-        lo, hi = self.check_input(lo), self.check_input(hi)
-        if bool((lo > hi).any()):
-            raise InputError("box lower bound exceeds its upper bound")
+        lo, hi = check_box(self, lo, hi)
         out = []
         for i, layer in enumerate(self.layers):
             if upto is not None and i >= upto:

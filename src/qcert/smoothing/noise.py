@@ -47,17 +47,22 @@ class SmoothingError(QcertError, ValueError):
     """Invalid argument to the randomized-smoothing code (noise level, probability, count...)."""
 
 
-def validate_sigma(sigma: object) -> float:
-    """Return ``sigma`` as a float after checking it is a finite real number in (0, MAX_SIGMA]."""
+def validate_sigma(
+    sigma: object, unit: str = "integer input levels", max_sigma: float = MAX_SIGMA
+) -> float:
+    """Return ``sigma`` as a float after checking it is a finite real number in (0, max_sigma].
+
+    The one check of a noise level: in integer input levels (the default, for the noise itself)
+    or in the ``[0, 1]`` units of the smoothed classifiers (``unit``, with their own bound)."""
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)):
         raise SmoothingError(f"sigma must be a real number, got {type(sigma).__name__}")
     value = float(sigma)
     if math.isnan(value) or math.isinf(value):
         raise SmoothingError(f"sigma must be finite, got {value}")
     if value <= 0.0:
-        raise SmoothingError(f"sigma must be > 0 (integer input levels), got {value}")
-    if value > MAX_SIGMA:
-        raise SmoothingError(f"sigma must be <= {MAX_SIGMA:g} integer levels, got {value}")
+        raise SmoothingError(f"sigma must be > 0 ({unit}), got {value}")
+    if value > max_sigma:
+        raise SmoothingError(f"sigma must be <= {max_sigma:g} {unit}, got {value}")
     return value
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from qcert.quant import QNetwork, to_float
-from qcert.smoothing.noise import DiscreteGaussian, NoiseStream, SmoothingError
+from qcert.smoothing.noise import DiscreteGaussian, NoiseStream, SmoothingError, validate_sigma
 from qcert.smoothing.radius import NOT_CERTIFIED, certified_radius
 from qcert.smoothing.stats import binom_test_abstain, lower_confidence_bound
 
@@ -59,12 +59,10 @@ class _Smoothing:
     arith = ""
 
     def __init__(self, net: QNetwork, sigma: float, batch: int = 1000) -> None:
-        if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma > 0):
-            raise SmoothingError(f"sigma must be a positive finite number, got {sigma!r}")
         if batch < 1:
             raise SmoothingError(f"batch must be ≥ 1, got {batch}")
         self.net = net
-        self.sigma = float(sigma)
+        self.sigma = validate_sigma(sigma, "units of the input scaled to [0, 1]", math.inf)
         self.levels = net.input_range[1] - net.input_range[0]
         self.sigma_levels = self.sigma * self.levels
         self.batch = batch

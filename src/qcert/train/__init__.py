@@ -13,8 +13,8 @@ from __future__ import annotations
 from qcert.train.archs import ARCHS, ConfigError, build_float, build_qnetwork
 from qcert.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from qcert.train.config import METHODS, TrainConfig
-from qcert.train.metrics import certified_flags, evaluate_network
 from qcert.train.loop import TrainResult, train
+from qcert.train.metrics import certified_flags, evaluate_network
 
 __all__ = [
     "ARCHS",

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qcert.attack import PGD, FakeForward, check_box
+from qcert.attack import PGD
 from qcert.errors import InputError
+from qcert.quant.fake_forward import FakeForward
+from qcert.quant.inputs import check_box
 from qcert.quant.network import QNetwork
 from qcert.verify.bounds import SpecBounds
 from qcert.verify.spec import OutputSpec

@@ -37,9 +37,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from qcert.attack import check_box
 from qcert.errors import InputError
 from qcert.quant.format import round_shift
+from qcert.quant.inputs import check_box
 from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 from qcert.verify.bab import SAFE, TIMEOUT, UNSAFE, SearchOutcome

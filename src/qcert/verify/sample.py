@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 
-from qcert.attack import FakeForward, check_eps, check_labels
 from qcert.bounds import eps_box
 from qcert.errors import InputError
+from qcert.quant.fake_forward import FakeForward
+from qcert.quant.inputs import check_eps, check_labels
 from qcert.quant.network import QNetwork
 from qcert.verify.bab import SAFE, UNSAFE, BabOptions, SearchOutcome, bab_search
 from qcert.verify.bounds import NetBounds, SpecBounds
