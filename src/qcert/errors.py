@@ -1,4 +1,5 @@
-"""Exceptions raised by qcert. Every user-facing error is a :class:`QcertError`."""
+"""Every exception and warning class qcert raises, in one place. Every user-facing error is a
+:class:`QcertError`; the modules that raise them re-export them where users first found them."""
 
 from __future__ import annotations
 
@@ -21,3 +22,23 @@ class DataError(QcertError):
 
 class InputError(QcertError, ValueError):
     """An input tensor has the wrong shape, dtype, range, or contains NaN."""
+
+
+class ConfigError(QcertError, ValueError):
+    """A training configuration is invalid (unknown arch/method/dataset, bad numbers)."""
+
+
+class SmoothingError(QcertError, ValueError):
+    """Invalid argument to the randomized-smoothing code (noise level, probability, count...)."""
+
+
+class VnnlibError(InputError):
+    """A VNN-LIB file is malformed or outside the supported subset."""
+
+
+class GraphMismatch(ModelFileError):
+    """An ONNX graph differs from the one qcert expects (the message says where)."""
+
+
+class InexactExportWarning(UserWarning):
+    """A QDQ graph (exported or imported) that may not equal the integer semantics bit for bit."""

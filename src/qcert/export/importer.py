@@ -27,21 +27,15 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from qcert.errors import FormatError, ModelFileError, QcertError
-from qcert.export.builder import (
-    GraphBuilder,
-    GraphIndex,
+from qcert.errors import (
+    FormatError,
     GraphMismatch,
-    match_graph,
-    tensor_values,
-)
-from qcert.export.exporter import (
-    METADATA_KEY,
-    ONNX_FORMAT_NAME,
-    ONNX_FORMAT_VERSION,
     InexactExportWarning,
-    onnx_model,
+    ModelFileError,
+    QcertError,
 )
+from qcert.export.builder import GraphBuilder, GraphIndex, match_graph, tensor_values
+from qcert.export.exporter import METADATA_KEY, ONNX_FORMAT_NAME, ONNX_FORMAT_VERSION, onnx_model
 from qcert.export.integer import (
     INT64_PATH,
     AffinePath,

@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from qcert.errors import QcertError
+from qcert.errors import SmoothingError
 
 __all__ = ["DiscreteGaussian", "NoiseStream", "SmoothingError", "MAX_SIGMA", "RESOLUTION_BITS"]
 
@@ -41,10 +41,6 @@ _GUIDE_SHIFT = RESOLUTION_BITS - _GUIDE_BITS
 _AMBIGUOUS = 1 << 40  # marks guide buckets that contain a threshold
 #: The 32-bit guide table's mark for a bucket that contains a threshold.
 GUIDE32_AMBIGUOUS = np.int32(-(2**31))
-
-
-class SmoothingError(QcertError, ValueError):
-    """Invalid argument to the randomized-smoothing code (noise level, probability, count...)."""
 
 
 def validate_sigma(

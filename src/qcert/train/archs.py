@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qcert.errors import QcertError
+from qcert.errors import ConfigError
 from qcert.quant.format import FixedPointFormat, Rounding
 from qcert.quant.layers import QConv2d, QFlatten, QLayer, QLinear, QRequant
 from qcert.quant.network import DEFAULT_INPUT_FORMAT, QNetwork
@@ -36,10 +36,6 @@ __all__ = [
     "layer_bits",
     "qat_formats",
 ]
-
-
-class ConfigError(QcertError, ValueError):
-    """A training configuration is invalid (unknown arch/method/dataset, bad numbers)."""
 
 
 @dataclass(frozen=True)

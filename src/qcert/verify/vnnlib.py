@@ -24,17 +24,12 @@ from typing import Union
 
 import torch
 
-from qcert.errors import InputError
+from qcert.errors import VnnlibError
 from qcert.quant.network import QNetwork
 from qcert.verify.bab import SAFE, UNSAFE, BabOptions, bab_search
 from qcert.verify.milp import milp_search
 from qcert.verify.sample import check_method, check_timeout
 from qcert.verify.spec import OutputSpec
-
-
-class VnnlibError(InputError):
-    """A VNN-LIB file is malformed or outside the supported subset."""
-
 
 SExpr = Union[str, list["SExpr"]]  # noqa: UP007 (a recursive alias needs Union at runtime)
 MAX_DISJUNCTS = 10_000
