@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from qcert.errors import InputError, QcertError
+from qcert.quant.executor import check_executor
 from qcert.quant.format import Rounding
-from qcert.quant.inputs import random_inputs
 from qcert.quant.layers import QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 
@@ -239,7 +239,7 @@ class Int8Executor:
             if isinstance(step, _Linear) and step.requant is not None and isinstance(nxt, _Linear):
                 step.out_offset, step.out_int8 = nxt.offset, True
         self.input_offset = lo_v + 128 if hi_v - lo_v <= 255 else None
-        self._check(probes)
+        check_executor(self, net, probes, "the int8 executor")
 
     # ------------------------------------------------------------------ construction
     def _linear(
@@ -304,11 +304,6 @@ class Int8Executor:
         if all(_exact_products(p, pt) for (p, _), (pt, _) in zip(parts, packed)):
             return packed
         return None
-
-    def _check(self, probes: int) -> None:
-        x = random_inputs(self.net, probes)
-        if not torch.equal(self.logits(x), self.net.integer_forward(x)):
-            raise QcertError("the int8 executor disagrees with the reference executor")
 
     # ------------------------------------------------------------------ execution
     @torch.no_grad()

@@ -91,14 +91,14 @@ _WORKER_CACHE: dict[tuple, Any] = {}
 def _smoother_for(payload: dict[str, Any]):
     """A smoothed classifier rebuilt from the payload's model bytes (cached per worker process)."""
     key = (hash(payload["model"]), payload["sigma"], payload["arith"], payload["batch"])
-    key += (payload["engine"],)
+    key += (payload["executor"],)
     if key not in _WORKER_CACHE:
         from qcert.quant.io import model_from_bytes
 
         _WORKER_CACHE.clear()
         net = model_from_bytes(payload["model"])
         _WORKER_CACHE[key] = make_smoothing(
-            net, payload["sigma"], payload["arith"], payload["batch"], payload["engine"]
+            net, payload["sigma"], payload["arith"], payload["batch"], payload["executor"]
         )
     return _WORKER_CACHE[key]
 
@@ -128,7 +128,7 @@ def certify_dataset(
     out: str | os.PathLike[str] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    engine: str = "int8",
+    executor: str = "int8",
     ray: bool = False,
     ray_address: str | None = None,
     workers: int | None = None,
@@ -145,7 +145,7 @@ def certify_dataset(
     if n < 1 or n0 < 1:
         raise InputError(f"n and n0 must be ≥ 1, got n={n}, n0={n0}")
     kw = {"logits_fn": logits_fn} if (arith == "int" and logits_fn is not None) else {}
-    smoother = make_smoothing(net, sigma, arith, batch, engine, **kw)
+    smoother = make_smoothing(net, sigma, arith, batch, executor, **kw)
     rows = read_rows(out) if out is not None else []
     done = {row["idx"] for row in rows}
     todo = [i for i in _indices(images.shape[0], skip, n_samples) if i not in done]
@@ -155,7 +155,7 @@ def certify_dataset(
 
         payload = {
             "model": model_to_bytes(net), "images": images, "sigma": sigma, "arith": arith,
-            "batch": batch, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "engine": engine,
+            "batch": batch, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "executor": executor,
         }  # fmt: skip
         results = ray_map(_certify_one, payload, todo, address=ray_address, workers=workers)
     else:
@@ -212,11 +212,11 @@ def predict_dataset(
     n_samples: int | None = None,
     seed: int = 0,
     on_row: Callable[[dict[str, Any]], None] | None = None,
-    engine: str = "int8",
+    executor: str = "int8",
 ) -> dict[str, Any]:
     """PREDICT every ``skip``-th sample; returns accuracy, abstain rate and the rows."""
     _check_alpha(alpha)
-    smoother = make_smoothing(net, sigma, arith, batch, engine)
+    smoother = make_smoothing(net, sigma, arith, batch, executor)
     rows = []
     t0 = time.perf_counter()
     for i in _indices(images.shape[0], skip, n_samples):
