@@ -9,7 +9,7 @@ design after arXiv 2110.12308; see docs/layerwise.md).
 from __future__ import annotations
 
 from qcert.layerwise.advtrain import pgd_float, train_pgd
-from qcert.layerwise.build import build_qnetwork
+from qcert.layerwise.build import quantize_with_formats
 from qcert.layerwise.floatio import FloatModel, load_float, save_float
 from qcert.layerwise.lipschitz import network_lipschitz, spectral_norm
 from qcert.layerwise.metric import deviation_bound
@@ -20,7 +20,7 @@ __all__ = [
     "FloatModel",
     "SearchResult",
     "allocate",
-    "build_qnetwork",
+    "quantize_with_formats",
     "deviation_bound",
     "load_float",
     "network_lipschitz",

@@ -283,7 +283,7 @@ def deviation_bound(
     requantization errors ``e_l`` from the reference executor, ``ΔW_l``, ``Δb_l`` from its integer
     weights and biases, and the float network's operator norms (``‖ΔW_l‖`` by power iteration for a
     convolution: an estimate from below). ``net`` must be a quantization of ``model`` by
-    :func:`qcert.layerwise.build.build_qnetwork` or :func:`qcert.quant.from_float` (affine,
+    :func:`qcert.layerwise.build.quantize_with_formats` or :func:`qcert.quant.from_float` (affine,
     requant and flatten layers in the same order)."""
     from qcert.quant.layers import QConv2d, QFlatten, QLinear, QRequant
 

@@ -28,7 +28,7 @@ import torch
 
 from qcert.errors import InputError
 from qcert.layerwise.advtrain import pgd_float
-from qcert.layerwise.build import build_qnetwork
+from qcert.layerwise.build import quantize_with_formats
 from qcert.layerwise.floatio import FloatModel
 from qcert.layerwise.metric import (
     LayerProfile,
@@ -293,7 +293,7 @@ def quantize(
             if c.act_frac is not None
         ]
         objective = sum(c.value for c in chosen)
-        net = build_qnetwork(model, wformats, aformats, rounding)
+        net = quantize_with_formats(model, wformats, aformats, rounding)
     terms = metric_terms(profiles, wformats, aformats, rounding, weight_term) if eps else []
     result = SearchResult(
         strategy=strategy,

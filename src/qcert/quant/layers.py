@@ -83,8 +83,8 @@ class QLayer(nn.Module):
     def fake(self, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
-        """Exact int64 output. ``engine`` matters only for affine layers (see ``_affine_int``)."""
+    def integer(self, q: torch.Tensor, arith_path: str = "auto") -> torch.Tensor:
+        """Exact int64 output. ``arith_path`` matters only for affine layers (see ``_affine_int``)."""
         raise NotImplementedError
 
     def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,20 +201,22 @@ class _Affine(QLayer):
         fan_in = math.prod(self.weight.shape[1:])
         return fan_in * self.in_mag * max(-wf.qmin, wf.qmax) < 1 << 53
 
-    def _affine_int(self, q: torch.Tensor, w: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+    def _affine_int(
+        self, q: torch.Tensor, w: torch.Tensor, arith_path: str = "auto"
+    ) -> torch.Tensor:
         """The bare integer product (linear map or convolution), exact, as int64.
 
-        ``engine="int64"`` computes in int64; ``"auto"`` uses a float64 product where
+        ``arith_path="int64"`` computes in int64; ``"auto"`` uses a float64 product where
         :meth:`float64_exact` proves it exact for the operands (checked), else int64.
         """
-        if engine == "auto" and self.float64_exact() and q.numel():
+        if arith_path == "auto" and self.float64_exact() and q.numel():
             assert self.in_mag is not None
             if int(q.abs().max()) <= self.in_mag:
                 return self._op(q.to(torch.float64), w.to(torch.float64)).to(torch.int64)
         return self._op(q.to(torch.int64), w.to(torch.int64))
 
-    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
-        acc = self._affine_int(q, self.int_weight(), engine)
+    def integer(self, q: torch.Tensor, arith_path: str = "auto") -> torch.Tensor:
+        acc = self._affine_int(q, self.int_weight(), arith_path)
         b = self.int_bias_acc()
         if b is not None:
             acc = acc + b.view(1, -1, *([1] * (acc.dim() - 2)))
@@ -418,7 +420,7 @@ class QRequant(QLayer):
     def fake(self, v: torch.Tensor) -> torch.Tensor:
         return fake_requantize(v, self.format, self.rounding)
 
-    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+    def integer(self, q: torch.Tensor, arith_path: str = "auto") -> torch.Tensor:
         assert self.in_frac is not None, "layer is not bound to a network"
         return requantize(q, self.in_frac, self.format, self.rounding)
 
@@ -443,7 +445,7 @@ class QFlatten(QLayer):
     def fake(self, v: torch.Tensor) -> torch.Tensor:
         return v.flatten(1)
 
-    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+    def integer(self, q: torch.Tensor, arith_path: str = "auto") -> torch.Tensor:
         return q.flatten(1)
 
     def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -489,7 +491,7 @@ class QAvgPool2d(QLayer):
     def fake(self, v: torch.Tensor) -> torch.Tensor:
         return self._window_sum(v) * (2.0**-self.shift)
 
-    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+    def integer(self, q: torch.Tensor, arith_path: str = "auto") -> torch.Tensor:
         return self._window_sum(q)
 
     def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -157,10 +157,10 @@ class QNetwork(nn.Module):
         return v
 
     @torch.no_grad()
-    def integer_forward(self, x: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+    def integer_forward(self, x: torch.Tensor, arith_path: str = "auto") -> torch.Tensor:
         """The reference executor: exact int64 logits (units ``2**-logit_frac``) of integer inputs.
 
-        ``engine="int64"`` does every product in int64; ``"auto"`` (default) computes a linear or
+        ``arith_path="int64"`` does every product in int64; ``"auto"`` (default) computes a linear or
         convolution product in float64 where a static bound proves every partial sum below 2**53
         (so the result is the same integers, faster), and in int64 otherwise. Rounding, saturation,
         biases and pooling are always int64.
@@ -168,11 +168,11 @@ class QNetwork(nn.Module):
         Raises :class:`InputError` for a wrong shape, a non-integer tensor or values outside
         ``input_range``.
         """
-        if engine not in ("auto", "int64"):
-            raise InputError(f"engine must be 'auto' or 'int64', got {engine!r}")
+        if arith_path not in ("auto", "int64"):
+            raise InputError(f"arith_path must be 'auto' or 'int64', got {arith_path!r}")
         q = self.check_input(x)
         for layer in self.layers:
-            q = layer.integer(q, engine)
+            q = layer.integer(q, arith_path)
         return q
 
     @torch.no_grad()

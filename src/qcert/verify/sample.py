@@ -113,7 +113,7 @@ class Verifier:
     def _spec(self, label: int) -> tuple[OutputSpec, SpecBounds]:
         if label not in self._specs:
             if self._nb is None:
-                self._nb = NetBounds(self.net, self.options.engine)
+                self._nb = NetBounds(self.net, self.options.arith_path)
             spec = OutputSpec.robustness(label, self.net.num_classes)
             self._specs[label] = (spec, SpecBounds(self._nb, spec))
         return self._specs[label]
