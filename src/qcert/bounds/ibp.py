@@ -25,6 +25,7 @@ Both fuse the last linear layer with the margin matrix ``C = [e_y - e_j]``: the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -161,7 +162,7 @@ def qaibp_interval_bounds(
     return out
 
 
-def _fusable_last(layers: list[nn.Module], linear_types: tuple[type, ...]) -> bool:
+def _fusable_last(layers: Sequence[nn.Module], linear_types: tuple[type, ...]) -> bool:
     return bool(layers) and isinstance(layers[-1], linear_types)
 
 
@@ -269,7 +270,10 @@ def float_ibp_bounds(
             widths.append((u - l).mean())
     if l.dim() != 2:
         raise InputError("the float model must end in a vector of logits")
-    num_classes = leaves[-1].out_features if fused else l.shape[1]  # type: ignore[union-attr]
+    last_layer = leaves[-1]
+    num_classes = (
+        last_layer.out_features if isinstance(last_layer, nn.Linear) and fused else l.shape[1]
+    )
     labels = check_labels(int(num_classes), labels, lo.shape[0], "boxes")
     if fused:
         last = leaves[-1]

@@ -31,6 +31,7 @@ def _placeholder_tensors(header: dict[str, Any], name: str) -> dict[str, np.ndar
         if not isinstance(d, dict) or d.get("type") not in ("linear", "conv2d"):
             continue
         try:
+            shape: tuple[int, ...]
             if d["type"] == "linear":
                 shape = (int(d["out_features"]), int(d["in_features"]))
             else:
@@ -85,7 +86,7 @@ def import_integer(model: onnx.ModelProto, meta: dict[str, Any], name: str) -> Q
         tag, where = f"l{i}_{layer.kind}", f"{name}: layer {i} ({layer.kind})"
         affine = isinstance(layer, QLinear | QConv2d)
         paths: list[AffinePath | None] = (
-            [INT64_PATH] + [AffinePath("int8", xo, wo) for xo in (0, 128) for wo in (0, 128)]
+            [INT64_PATH, *(AffinePath("int8", xo, wo) for xo in (0, 128) for wo in (0, 128))]
             if affine
             else [None]
         )

@@ -35,7 +35,7 @@ QDQ_OPS = (
     "QuantizeLinear), AveragePool, Flatten, Reshape (flatten), Identity, Cast, Mul (output units)"
 )
 #: element type → (bits, signed) of the integer codes it holds
-INT_TYPES = {
+INT_TYPES: dict[int, tuple[int, bool]] = {
     TensorProto.UINT8: (8, False),
     TensorProto.INT8: (8, True),
     TensorProto.UINT16: (16, False),
@@ -140,6 +140,7 @@ class _QdqReader:
             raise self.err(n, f"{what} must be DequantizeLinear of a constant")
         if len(self.idx.consumers.get(t, [])) != 1:
             raise self.err(n, f"{what} is shared with another node")
+        assert pi is not None
         self.visited.add(pi)
         codes = self.const(dq.input[0], dq, what).astype(np.int64)
         frac = self.scale(dq.input[1], dq, f"{what} scale")
@@ -370,9 +371,9 @@ class _QdqReader:
                     or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
                 ):
                     raise self.err(n, "only AveragePool without padding, dilation or ceil_mode")
-                k = tuple(a["kernel_shape"])
+                kernel = tuple(a["kernel_shape"])
                 try:
-                    self.add(QAvgPool2d(k, tuple(a.get("strides", [1, 1]))), n)
+                    self.add(QAvgPool2d(kernel, tuple(a.get("strides", [1, 1]))), n)
                 except FormatError as e:
                     raise self.err(n, str(e)) from None
                 cur = n.output[0]

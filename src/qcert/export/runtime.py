@@ -17,7 +17,7 @@ from qcert.export.exporter import onnx_model
 from qcert.quant import QNetwork, argmax_first
 from qcert.quant.executor import check_executor
 
-_NP_OF_ORT = {
+_NP_OF_ORT: dict[str, Any] = {
     "tensor(uint8)": np.uint8,
     "tensor(int8)": np.int8,
     "tensor(uint16)": np.uint16,

@@ -321,7 +321,7 @@ def _module_from(
                 raise ModelFileError(f"{what}: 'bias' must be true or false")
             if t == "linear":
                 fin, fout = _pos_int(d, "in_features", what), _pos_int(d, "out_features", what)
-                m: nn.Module = nn.Linear(fin, fout, bias=has_bias)
+                m: nn.Linear | nn.Conv2d = nn.Linear(fin, fout, bias=has_bias)
                 wshape: tuple[int, ...] = (fout, fin)
             else:
                 cin, cout = _pos_int(d, "in_channels", what), _pos_int(d, "out_channels", what)
@@ -335,6 +335,7 @@ def _module_from(
             with torch.no_grad():
                 m.weight.copy_(_tensor(tensors, f"layers.{i}.weight", wshape, what))
                 if has_bias:
+                    assert m.bias is not None
                     m.bias.copy_(_tensor(tensors, f"layers.{i}.bias", (wshape[0],), what))
             mods.append(m)
         elif t == "relu":

@@ -218,7 +218,7 @@ def from_float(
                 if isinstance(m, nn.Linear):
                     layer: QLayer = QLinear(w, b, wf, bf)
                 else:
-                    layer = QConv2d(w, b, wf, bf, m.stride, m.padding)  # type: ignore[arg-type]
+                    layer = QConv2d(w, b, wf, bf, m.stride, m.padding)
                 add(layer)
             except FormatError as e:
                 raise FormatError(f"{label}: {e}") from None
@@ -251,7 +251,9 @@ def to_float(net: QNetwork) -> nn.Sequential:
             w = (layer.int_weight().to(torch.float64) * 2.0**-layer.weight_format.frac).float()
             b = layer.int_bias()
             if isinstance(layer, QLinear):
-                m: nn.Module = nn.Linear(layer.in_features, layer.out_features, bias=b is not None)
+                m: nn.Linear | nn.Conv2d = nn.Linear(
+                    layer.in_features, layer.out_features, bias=b is not None
+                )
             else:
                 m = nn.Conv2d(
                     layer.in_channels,
@@ -264,7 +266,7 @@ def to_float(net: QNetwork) -> nn.Sequential:
             with torch.no_grad():
                 m.weight.copy_(w)
                 if b is not None:
-                    assert layer.bias_format is not None
+                    assert layer.bias_format is not None and m.bias is not None
                     m.bias.copy_((b.to(torch.float64) * 2.0**-layer.bias_format.frac).float())
             mods.append(m)
         elif isinstance(layer, QRequant):

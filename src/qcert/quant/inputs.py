@@ -26,13 +26,18 @@ def check_eps(eps: object) -> int:
     negative values raise :class:`InputError`)."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise InputError(f"eps must be a non-negative integer number of input steps, got {eps!r}")
-    if not isinstance(eps, numbers.Integral) and (
-        not math.isfinite(float(eps)) or float(eps) != int(eps)
-    ):
-        raise InputError(f"eps must be a whole number of input steps (integer inputs), got {eps!r}")
-    if eps < 0:
+    if isinstance(eps, numbers.Integral):
+        value = int(eps)
+    else:
+        f = float(eps)
+        if not math.isfinite(f) or f != math.floor(f):
+            raise InputError(
+                f"eps must be a whole number of input steps (integer inputs), got {eps!r}"
+            )
+        value = int(f)
+    if value < 0:
         raise InputError(f"eps must be non-negative, got {eps!r}")
-    return int(eps)
+    return value
 
 
 def check_levels(value: object, what: str = "eps") -> float:

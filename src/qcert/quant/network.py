@@ -87,6 +87,9 @@ class QNetwork(nn.Module):
         meta: free-form JSON-serialisable information saved with the model.
     """
 
+    #: the layers, an ``nn.ModuleList`` of :class:`QLayer` (typed as what it holds)
+    layers: Sequence[QLayer]
+
     def __init__(
         self,
         layers: Sequence[QLayer],
@@ -104,7 +107,7 @@ class QNetwork(nn.Module):
                 raise FormatError(f"layer {i} is a {type(layer).__name__}, not a qcert QLayer")
         if not 2 <= input_format.bits <= 16:
             raise FormatError(f"input bit width {input_format.bits} out of range 2..16")
-        self.layers = nn.ModuleList(layers)
+        self.layers = nn.ModuleList(layers)  # type: ignore[assignment]
         self.input_shape = tuple(int(s) for s in input_shape)
         if not self.input_shape or min(self.input_shape) < 1:
             raise FormatError(f"invalid input shape {tuple(input_shape)}")

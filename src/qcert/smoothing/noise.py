@@ -217,8 +217,7 @@ class DiscreteGaussian:
                 out[sel] = torch.searchsorted(thresholds, u[sel], right=True) - t
             return out.reshape(size)
         if isinstance(generator, np.random.Generator):
-            u = generator.integers(0, _ONE, size=size, dtype=np.int64)
-            return self.values_from_uniform(u)
+            return self.values_from_uniform(generator.integers(0, _ONE, size=size, dtype=np.int64))
         if isinstance(generator, NoiseStream):
             d = size[-1] if size else 1
             rows = math.prod(size[:-1]) if size else 1

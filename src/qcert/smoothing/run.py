@@ -90,7 +90,12 @@ _WORKER_CACHE: dict[tuple, Any] = {}
 
 def _smoother_for(payload: dict[str, Any]):
     """A smoothed classifier rebuilt from the payload's model bytes (cached per worker process)."""
-    key = (hash(payload["model"]), payload["sigma"], payload["arith"], payload["batch"])
+    key: tuple[Any, ...] = (
+        hash(payload["model"]),
+        payload["sigma"],
+        payload["arith"],
+        payload["batch"],
+    )
     key += (payload["executor"],)
     if key not in _WORKER_CACHE:
         from qcert.quant.io import model_from_bytes

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,7 +156,8 @@ class IntegerSmoothing(_Smoothing):
     ) -> None:
         super().__init__(net, sigma, batch)
         self.noise = DiscreteGaussian(self.sigma_levels)
-        self.offset, self.noisy_dtype = 0, np.int64
+        self.offset = 0
+        self.noisy_dtype: type[np.signedinteger[Any]] = np.int64
         logits_of_noisy: Callable[[torch.Tensor], torch.Tensor] | None = None
         if logits_fn is None:
             ex = make_executor(net, executor)
@@ -165,7 +167,7 @@ class IntegerSmoothing(_Smoothing):
                 self.offset, self.noisy_dtype = offset, np.int8
                 logits_of_noisy = ex.logits_offset  # type: ignore[attr-defined]
         self.logits_fn = logits_fn
-        self.classify = classifier(  # type: ignore[method-assign]
+        self.classify = classifier(  # type: ignore[method-assign,assignment]
             logits_of_noisy or (lambda q: self.logits_fn(q))
         )
         # compile (or load from numba's cache) the noise kernels now, not inside the first input's time

@@ -76,6 +76,7 @@ class NetBounds:
             if isinstance(layer, QLinear | QConv2d):
                 wi = layer.int_weight()
                 b = layer.int_bias_acc()
+                op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                 if isinstance(layer, QLinear):
                     op = _linear_op
                     bshape: tuple[int, ...] = (1, -1)

@@ -49,7 +49,7 @@ from qcert.verify.spec import OutputSpec
 try:  # highspy is a dependency; import lazily-failing so the rest of qcert works without it
     import highspy
 except ImportError:  # pragma: no cover
-    highspy = None
+    highspy = None  # type: ignore[assignment]
 
 INF = float("inf")
 HALF = 0.5  # integer rows are relaxed by this much on each side

@@ -237,8 +237,8 @@ def parse_vnnlib(text: str, net: QNetwork) -> VnnlibProperty:
         rows = []
         for coefs, op, rhs in conj:
             vec = [Fraction(0)] * k
-            for v, a in coefs.items():
-                vec[int(v[2:])] = a
+            for v, coef in coefs.items():
+                vec[int(v[2:])] = coef
             rows.append((vec, op, rhs))
         disjuncts.append(rows)
     spec = OutputSpec.from_rational(disjuncts, k)
@@ -272,9 +272,9 @@ def _input_bound(
         b = b - 1 if upper else b + 1
     i = int(v[2:])
     if upper:
-        hi[i] = b if hi[i] is None else min(hi[i], b)  # type: ignore[type-var]
+        hi[i] = b if hi[i] is None else min(hi[i], b)  # type: ignore[type-var,assignment]
     else:
-        lo[i] = b if lo[i] is None else max(lo[i], b)  # type: ignore[type-var]
+        lo[i] = b if lo[i] is None else max(lo[i], b)  # type: ignore[type-var,assignment]
 
 
 @dataclass
