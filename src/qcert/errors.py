@@ -24,8 +24,9 @@ class InputError(QcertError, ValueError):
     """An input tensor has the wrong shape, dtype, range, or contains NaN."""
 
 
-class ConfigError(QcertError, ValueError):
-    """A training configuration is invalid (unknown arch/method/dataset, bad numbers)."""
+class ConfigError(InputError):
+    """A configuration is invalid (unknown architecture, method or loss, bad numbers): a kind of
+    bad input, so ``except InputError`` catches it too."""
 
 
 class SmoothingError(QcertError, ValueError):

@@ -10,6 +10,7 @@ import onnx
 
 from qcert.errors import ModelFileError
 from qcert.export.exporter import METADATA_KEY, ONNX_FORMAT_NAME, ONNX_FORMAT_VERSION
+from qcert.quant.files import read_bytes
 
 __all__ = ["graph_io", "input_shape", "load_onnx", "read_metadata"]
 
@@ -17,13 +18,7 @@ __all__ = ["graph_io", "input_shape", "load_onnx", "read_metadata"]
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Read and check an ONNX file; every problem is a :class:`ModelFileError`."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such ONNX file") from None
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot read ONNX file ({e.strerror})") from None
+    raw = read_bytes(path, "ONNX file")
     try:
         model = onnx.load_model_from_string(raw)
     except Exception as e:  # protobuf's DecodeError and friends

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from qcert.errors import InputError
-from qcert.layerwise.floatio import FloatModel, load_float
 from qcert.layerwise.scoring import evaluate_qnetwork
 from qcert.layerwise.search import quantize
 from qcert.progress import progress_task
 from qcert.quant import save_model
+from qcert.quant.floatmodel import FloatModel, load_float
 from qcert.quant.inputs import check_eps
 
 

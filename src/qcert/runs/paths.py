@@ -9,12 +9,14 @@ error that loses its results.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from qcert.errors import InputError
+from qcert.quant.files import write_atomic  # the one atomic write, re-exported for the runs
+
+__all__ = ["check_output_file", "check_output_folder", "write_atomic"]
 
 PathLike = str | os.PathLike[str]
 
@@ -71,20 +73,3 @@ def check_output_folder(
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{what} {p}: cannot write in {existing} (permission denied)")
     return p
-
-
-def write_atomic(path: PathLike, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, synced, then
-    renamed over ``path``: a crash leaves the old file or the new one, never half of one."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    raw = data.encode() if isinstance(data, str) else data
-    try:
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
