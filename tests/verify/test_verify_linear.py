@@ -215,5 +215,5 @@ def test_the_method_is_registered_and_follows_weight_changes() -> None:
     lo, hi = eps_box(net, x, 2)
     truth = truth_verdict(net, x[0], label, 2)
     res = verify_query(net, lo, hi, spec, method="linear-bab")
-    assert res.engine == "linear-bab"
+    assert res.decided_by == "linear-bab"
     assert res.proven == (truth == "robust")

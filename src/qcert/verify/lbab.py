@@ -398,7 +398,7 @@ def _search(
     rows = (ub >= spec.b.unsqueeze(0)).any(0).nonzero().squeeze(1)
     sub = params.rows(rows)
     with torch.enable_grad():
-        ub2, _, _, sub = search.bound(
+        ub2, _, _, opt_sub = search.bound(
             C[:, rows],
             flat_lo,
             flat_hi,
@@ -408,7 +408,8 @@ def _search(
             thresholds=thr[:, rows],
             deadline=deadline,
         )
-    params.set_rows(rows, sub)
+    assert opt_sub is not None
+    params.set_rows(rows, opt_sub)
     ub[:, rows] = torch.minimum(ub[:, rows], ub2)
     _, lam_units, lam_in, _ = search.bound(C, flat_lo, flat_hi, root, params, 0)
     out.stats["bound_s"] += time.monotonic() - tb
@@ -475,7 +476,7 @@ def _search(
         # others keep the parent's bound (a child's points are a subset of its parent's)
         sub = cpar.rows(rows)
         with torch.enable_grad():
-            rub, clam, clin, sub = search.bound(
+            rub, clam, clin, opt_sub = search.bound(
                 C[:, rows].expand(nb, -1, -1),
                 blo,
                 bhi,
@@ -488,7 +489,8 @@ def _search(
             )
         cub = pub.repeat(2, 1)
         cub[:, rows] = torch.minimum(cub[:, rows], rub)
-        cpar.set_rows(rows, sub)
+        assert opt_sub is not None
+        cpar.set_rows(rows, opt_sub)
         out.stats["bound_s"] += time.monotonic() - tb
         out.boxes += nb
         bad = spec.badness(cub)

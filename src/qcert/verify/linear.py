@@ -154,9 +154,9 @@ class LinearBounds:
                     out_shape,
                     mag.reshape(-1),
                     int(math.prod(w.shape[1:])),
-                    tuple(layer.stride),
-                    tuple(layer.padding),
-                    tuple(layer.kernel_size),
+                    (layer.stride[0], layer.stride[1]),
+                    (layer.padding[0], layer.padding[1]),
+                    (layer.kernel_size[0], layer.kernel_size[1]),
                 )
                 self.segments[-1].append(op)
             elif isinstance(layer, QAvgPool2d):
@@ -171,7 +171,7 @@ class LinearBounds:
                         out_shape,
                         mag,
                         kh * kw,
-                        tuple(layer.stride),
+                        (layer.stride[0], layer.stride[1]),
                         (0, 0),
                         (kh, kw),
                     )
