@@ -432,11 +432,13 @@ def _search(
     queue.append((root, ub, scores, params))
     size = 1
     stuck_note = ""
+    last_pass = 0.0
     while size:
-        if time.monotonic() > deadline:
+        if time.monotonic() + last_pass > deadline:  # the next pass would end past the limit
             out.status, out.note = TIMEOUT, f"time limit with {size} open subproblems"
             return out
         out.passes += 1
+        pass_start = time.monotonic()
         # pop up to `batch` subproblems (newest first)
         parts = []
         want = opt.batch
@@ -492,6 +494,7 @@ def _search(
         assert opt_sub is not None
         cpar.set_rows(rows, opt_sub)
         out.stats["bound_s"] += time.monotonic() - tb
+        last_pass = time.monotonic() - pass_start
         out.boxes += nb
         bad = spec.badness(cub)
         keep = bad > 0
