@@ -38,8 +38,8 @@ SMALL_INPUT = FixedPointFormat(4, False, 2)
 #: the rounding rules by name
 ROUNDINGS = st.sampled_from(["half_up", "half_even", "floor"])
 ANY_ROUNDING = st.sampled_from(list(Rounding))
-ACT3 = FixedPointFormat(3, False, 1)
-BIAS8 = FixedPointFormat(8, True, 3)
+ACT3, ACT4 = FixedPointFormat(3, False, 1), FixedPointFormat(4, False, 2)
+BIAS8, BIAS8_4 = FixedPointFormat(8, True, 3), FixedPointFormat(8, True, 4)
 
 
 def small_mlp(

@@ -4,11 +4,11 @@ rule, with and without attacks) and the MILP agree on every query."""
 
 from __future__ import annotations
 
-import itertools
 import random
 
 import pytest
 import torch
+from qnets import box_points
 
 from qcert.bounds import eps_box, margin_lower_bounds
 from qcert.quant import (
@@ -101,20 +101,12 @@ def random_net(seed: int) -> QNetwork:
     return QNetwork(layers, shape, in_fmt, input_range=in_range)
 
 
-def enumerate_box(net: QNetwork, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    flo, fhi = lo.reshape(-1), hi.reshape(-1)
-    pts = torch.tensor(
-        list(itertools.product(*[range(int(a), int(b) + 1) for a, b in zip(flo, fhi)]))
-    )
-    return pts.reshape(-1, *net.input_shape)
-
-
 def truth_verdict(net: QNetwork, x: torch.Tensor, label: int, eps: int) -> str:
     if int(net.predict(x[None])[0]) != label:
         return "misclassified"
     lo, hi = eps_box(net, x[None], eps)
     return (
-        "vulnerable" if bool((net.predict(enumerate_box(net, lo, hi)) != label).any()) else "robust"
+        "vulnerable" if bool((net.predict(box_points(lo[0], hi[0])) != label).any()) else "robust"
     )
 
 
@@ -161,7 +153,7 @@ def test_bab_without_attacks_and_milp_without_bounds(seed: int) -> None:
     lo_v, hi_v = net.input_range
     x = torch.randint(lo_v, hi_v + 1, net.input_shape, generator=g)
     lo, hi = eps_box(net, x[None], 2)
-    pts = enumerate_box(net, lo, hi)
+    pts = box_points(lo[0], hi[0])
     cls = net.predict(pts)
     for label in range(net.num_classes):
         spec = OutputSpec.robustness(label, net.num_classes)
@@ -213,7 +205,7 @@ def test_general_rational_spec_against_enumeration() -> None:
         lo_v, hi_v = net.input_range
         lo = torch.full((1, *net.input_shape), lo_v)
         hi = torch.full((1, *net.input_shape), hi_v)
-        pts = enumerate_box(net, lo, hi)
+        pts = box_points(lo[0], hi[0])
         if pts.shape[0] > 5000:
             continue
         z = net.integer_forward(pts)

@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from qnets import ACT4, BIAS8_4, box_points, small_mlp
 
 from qcert.errors import InputError
-from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant
+from qcert.quant import QNetwork
 from qcert.verify import VnnlibError, parse_vnnlib, verify_vnnlib
 
 
 def small_net(seed: int) -> QNetwork:
-    g = torch.Generator().manual_seed(seed)
-    w, a = FixedPointFormat(4, True, 2), FixedPointFormat(4, False, 2)
-    b = FixedPointFormat(8, True, 4)
-    return QNetwork(
-        [
-            QLinear.from_int(
-                torch.randint(-8, 8, (6, 3), generator=g),
-                torch.randint(-8, 8, (6,), generator=g),
-                w,
-                b,
-            ),
-            QRequant(a, "half_even"),
-            QLinear.from_int(
-                torch.randint(-8, 8, (3, 6), generator=g),
-                torch.randint(-8, 8, (3,), generator=g),
-                w,
-                b,
-            ),
-        ],
-        (3,),
-        FixedPointFormat(4, False, 2),
+    return small_mlp(
+        seed, 3, 3, rounding="half_even", hidden=6, act=ACT4, bias=BIAS8_4, bias_bounds=(8, 8)
     )
 
 
@@ -59,8 +40,7 @@ def robustness_text(lo: list[int], hi: list[int], c: int, k: int = 3) -> str:
 
 
 def enum_logits(net: QNetwork, lo: list[int], hi: list[int]) -> torch.Tensor:
-    pts = torch.tensor(list(itertools.product(*[range(a, b + 1) for a, b in zip(lo, hi)])))
-    return net.integer_forward(pts)
+    return net.integer_forward(box_points(lo, hi))
 
 
 @pytest.mark.parametrize("seed", range(6))
