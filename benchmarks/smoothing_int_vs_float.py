@@ -27,10 +27,7 @@ from torch import nn
 from qcert.data import load
 from qcert.quant import from_float, load_model
 from qcert.smoothing.run import certify_dataset
-from qcert.smoothing.smooth import (
-    FloatSmoothing,
-    IntegerSmoothing,
-)
+from qcert.smoothing.smooth import FloatSmoothing, IntegerSmoothing
 
 ENGINES = ("int8", "torch", "onnx")
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -35,9 +36,10 @@ from qcert.quant import (
 
 #: 4-bit unsigned inputs (0..15): boxes small enough to enumerate
 SMALL_INPUT = FixedPointFormat(4, False, 2)
-#: the rounding rules by name
-ROUNDINGS = st.sampled_from(["half_up", "half_even", "floor"])
-ANY_ROUNDING = st.sampled_from(list(Rounding))
+#: every rounding rule (enum members), and a strategy of them by name and as members
+ROUNDING_RULES = list(Rounding)
+ROUNDINGS = st.sampled_from([r.value for r in ROUNDING_RULES])
+ANY_ROUNDING = st.sampled_from(ROUNDING_RULES)
 ACT3, ACT4 = FixedPointFormat(3, False, 1), FixedPointFormat(4, False, 2)
 BIAS8, BIAS8_4 = FixedPointFormat(8, True, 3), FixedPointFormat(8, True, 4)
 
@@ -150,6 +152,93 @@ def digits_mlp(
     )
 
 
+def enumerable_net(seed: int) -> QNetwork:
+    """A small QNN: 2-4 integer inputs of 4 bits, MLP or conv (+ avgpool), random rounding,
+    signed/unsigned activations, requantization shifts sized so that units are neither constant
+    nor always saturated (some shifts are 0 or -1), optional requantized logits (so ties between
+    logits happen)."""
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    rounding = rng.choice(["half_up", "half_even", "floor"])
+    in_fmt = FixedPointFormat(4, rng.random() < 0.3, rng.choice([0, 2, 3]))
+    in_range = None
+    if rng.random() < 0.3:
+        in_range = (in_fmt.qmin + 2, in_fmt.qmax - 3)
+    wf = FixedPointFormat(rng.choice([3, 4]), True, rng.choice([1, 2, 3]))
+    k = rng.choice([2, 3, 4])
+
+    def affine(out_n: int, in_n: int, frac: int, conv: bool = False) -> QLinear | QConv2d:
+        acc = frac + wf.frac
+        shape = (out_n, in_n, 2, 2) if conv else (out_n, in_n)
+        w = torch.randint(wf.qmin, wf.qmax + 1, shape, generator=g)
+        if rng.random() < 0.85:
+            bf = FixedPointFormat(8, True, max(-30, acc - rng.choice([0, 1])))
+            b = torch.randint(-8, 8, (out_n,), generator=g)
+        else:
+            bf, b = None, None
+        if conv:
+            return QConv2d.from_int(w, b, wf, bf, 1, rng.choice([0, 1]))
+        return QLinear.from_int(w, b, wf, bf)
+
+    def requant(layer: QLinear | QConv2d, frac: int, mag: int, signed: bool | None = None):
+        w = layer.int_weight().abs().reshape(layer.int_weight().shape[0], -1).sum(1)
+        acc_mag = int(w.float().mean() * mag) // 2  # a typical accumulator magnitude
+        bits = rng.choice([2, 3, 4])
+        signed = rng.random() < 0.3 if signed is None else signed
+        qmax = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
+        s = max(-1, (max(1, acc_mag) // max(1, qmax)).bit_length() - rng.choice([0, 1, 2]))
+        rq = QRequant(FixedPointFormat(bits, signed, frac + wf.frac - s), rounding)
+        return rq, max(qmax, -rq.format.qmin)
+
+    layers: list = []
+    frac = in_fmt.frac
+    mag = max(abs(in_fmt.qmin), in_fmt.qmax)
+    if rng.random() < 0.3:
+        shape: tuple[int, ...] = (1, 2, 2)
+        c = affine(2, 1, frac, conv=True)
+        rq, mag = requant(c, frac, mag)
+        layers += [c, rq]
+        frac = rq.format.frac
+        side = 1 + 2 * c.padding[0]
+        if side >= 2 and rng.random() < 0.6:
+            layers.append(QAvgPool2d(2, 1))
+            frac, mag, side = frac + 2, mag * 4, side - 1
+        layers.append(QFlatten())
+        n = 2 * side * side
+    else:
+        d = rng.choice([2, 3, 4])
+        shape = (d,)
+        n = d
+        for _ in range(rng.choice([1, 1, 2])):
+            h = rng.choice([3, 4, 5, 6])
+            lin = affine(h, n, frac)
+            rq, mag = requant(lin, frac, mag)
+            layers += [lin, rq]
+            frac, n = rq.format.frac, h
+    last = affine(k, n, frac)
+    layers.append(last)
+    if rng.random() < 0.35:
+        layers.append(requant(last, frac, mag, signed=True)[0])
+    return QNetwork(layers, shape, in_fmt, input_range=in_range)
+
+
+def random_layer(
+    g: torch.Generator,
+    shape: tuple[int, ...],
+    w: FixedPointFormat,
+    b: FixedPointFormat | None = None,
+    stride: int = 1,
+    padding: int = 0,
+) -> QLinear | QConv2d:
+    """A linear layer (``shape`` out × in) or a convolution (out × in × k × k) whose weights and
+    biases are uniform over their formats' codes."""
+    weight = torch.randint(w.qmin, w.qmax + 1, shape, generator=g)
+    bias = None if b is None else torch.randint(b.qmin, b.qmax + 1, shape[:1], generator=g)
+    if len(shape) == 2:
+        return QLinear.from_int(weight, bias, w, b)
+    return QConv2d.from_int(weight, bias, w, b, stride, padding)
+
+
 def box_points(lo: Any, hi: Any) -> torch.Tensor:
     """Every integer point of the box [lo, hi] (the bounds of one sample, any shape), as a batch
     of that shape."""
@@ -256,8 +345,7 @@ class NetSpace:
     # image inputs: convolutions (each followed by an optional pool and a requantization)
     image: st.SearchStrategy[bool] = st.booleans()
     channels: st.SearchStrategy[int] = st.integers(1, 2)
-    height: st.SearchStrategy[int] = st.integers(1, 6)
-    width: st.SearchStrategy[int] = st.integers(1, 6)
+    side: st.SearchStrategy[int] = st.integers(1, 6)  # the height, and the width
     convs: st.SearchStrategy[int] = st.integers(0, 2)
     padding: st.SearchStrategy[int] = st.integers(0, 1)
     stride: st.SearchStrategy[int] = st.integers(1, 2)
@@ -314,7 +402,7 @@ def random_networks(draw, space: NetSpace) -> RandomNet:
     layers: list = []
     frac = in_fmt.frac
     if draw(space.image):
-        c, h, w = draw(space.channels), draw(space.height), draw(space.width)
+        c, h, w = draw(space.channels), draw(space.side), draw(space.side)
         shape: tuple[int, ...] = (c, h, w)
         input_shape = shape
         for _ in range(draw(space.convs)):

@@ -14,21 +14,20 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto
-from qnets import NetSpace, formats, rand_codes, random_networks, requant_rule, wide_bias
+from qnets import (
+    ROUNDING_RULES,
+    NetSpace,
+    formats,
+    rand_codes,
+    random_networks,
+    requant_rule,
+    wide_bias,
+)
 
 from qcert.errors import FormatError
 from qcert.export import onnx_logits, onnx_model, random_inputs, session, to_onnx
 from qcert.export.integer import INT8_MAX_FAN_IN, plan_integer
-from qcert.quant import (
-    FixedPointFormat,
-    QAvgPool2d,
-    QConv2d,
-    QFlatten,
-    QLinear,
-    QNetwork,
-    QRequant,
-    Rounding,
-)
+from qcert.quant import FixedPointFormat, QAvgPool2d, QConv2d, QFlatten, QLinear, QNetwork, QRequant
 
 AVOIDED_OPS = {"Clip", "Min", "Max", "ReduceSum"}
 BITS = st.sampled_from([2, 3, 4, 7, 8, 8, 8, 9, 12, 16])
@@ -41,8 +40,7 @@ SPACE = NetSpace(
     bias_format=wide_bias(st.sampled_from([8, 16, 24, 32]), headroom=60),
     requant=requant_rule(BITS, st.one_of(st.integers(-2, 3), st.integers(4, 24))),
     channels=st.integers(1, 3),
-    height=st.integers(2, 7),
-    width=st.integers(2, 7),
+    side=st.integers(2, 7),
     padding=st.integers(0, 2),
     stride=st.integers(1, 3),
     out_channels=st.integers(1, 4),
@@ -145,7 +143,7 @@ def test_largest_shifts_are_exact_and_larger_ones_refused(rounding: str) -> None
 
 def test_ties_round_by_each_rule() -> None:
     """Requantizing k/2 and k/4 with every rule (ties are where the rules differ)."""
-    for rounding in Rounding:
+    for rounding in ROUNDING_RULES:
         u8 = FixedPointFormat(8, False, 0)
         lin = QLinear.from_int(
             torch.tensor([[1.0], [-1.0], [3.0]]), None, FixedPointFormat(3, True, 2), None

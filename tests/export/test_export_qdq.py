@@ -25,15 +25,7 @@ from qcert.export import (
     random_inputs,
     session,
 )
-from qcert.quant import (
-    FixedPointFormat,
-    QAvgPool2d,
-    QConv2d,
-    QFlatten,
-    QLinear,
-    QNetwork,
-    QRequant,
-)
+from qcert.quant import FixedPointFormat, QAvgPool2d, QConv2d, QFlatten, QLinear, QNetwork, QRequant
 
 
 def qdq_bias(draw, acc_frac: int) -> FixedPointFormat:
@@ -56,8 +48,7 @@ SPACE = NetSpace(
     weight_format=formats(st.sampled_from([2, 4, 7, 8, 12]), st.booleans(), st.integers(-2, 8)),
     bias_format=qdq_bias,
     requant=requant_rule(st.sampled_from([8, 8, 16]), st.integers(-2, 12), st.just("half_even")),
-    height=st.integers(2, 6),
-    width=st.integers(2, 6),
+    side=st.integers(2, 6),
     convs=st.integers(1, 2),
     linears=st.integers(1, 2),
     hidden=st.integers(2, 5),
