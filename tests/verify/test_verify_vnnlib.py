@@ -115,25 +115,33 @@ def test_defaults_and_clipping_to_input_range(tmp_path: Path) -> None:
     assert verify_vnnlib(net, str(f), timeout=10, method="milp").result == "sat"
 
 
-BAD = {
+# malformed files, by what is wrong with them
+SYNTAX = {
     "unbalanced": header() + "(assert (>= Y_0 Y_1)",
     "extra paren": header() + "(assert (>= Y_0 Y_1)))",
+    "atom": "declare-const",
+    "command": header() + "(check-sat)",
+    "number": header() + "(assert (>= Y_0 abc))",
+}
+DECLARATIONS = {
     "undeclared": header() + "(assert (>= Y_0 Y_7))",
-    "off grid": header() + "(assert (>= X_0 0.5)) (assert (>= Y_0 Y_1))",
-    "mixed": header() + "(assert (>= Y_0 X_1))",
-    "nonlinear": header() + "(assert (>= (* Y_0 Y_1) 0))",
-    "input combination": header() + "(assert (>= (+ X_0 X_1) 2)) (assert (>= Y_0 Y_1))",
-    "input disjunction": header() + "(assert (or (>= X_0 2) (<= X_0 1))) (assert (>= Y_0 Y_1))",
+    "bad name": header() + "(declare-const Z_0 Real) (assert (>= Y_0 Y_1))",
     "too few inputs": header(2) + "(assert (>= Y_0 Y_1))",
     "too many outputs": header(3, 4) + "(assert (>= Y_0 Y_1))",
-    "bad name": header() + "(declare-const Z_0 Real) (assert (>= Y_0 Y_1))",
-    "command": header() + "(check-sat)",
-    "operator": header() + "(assert (= Y_0 Y_1))",
-    "number": header() + "(assert (>= Y_0 abc))",
-    "no output": header() + "(assert (>= X_0 1))",
-    "empty box": header() + "(assert (>= X_0 9)) (assert (<= X_0 3)) (assert (>= Y_0 Y_1))",
-    "atom": "declare-const",
 }
+INPUT_CONSTRAINTS = {
+    "off grid": header() + "(assert (>= X_0 0.5)) (assert (>= Y_0 Y_1))",
+    "input combination": header() + "(assert (>= (+ X_0 X_1) 2)) (assert (>= Y_0 Y_1))",
+    "input disjunction": header() + "(assert (or (>= X_0 2) (<= X_0 1))) (assert (>= Y_0 Y_1))",
+    "empty box": header() + "(assert (>= X_0 9)) (assert (<= X_0 3)) (assert (>= Y_0 Y_1))",
+}
+OUTPUT_CONSTRAINTS = {
+    "mixed": header() + "(assert (>= Y_0 X_1))",
+    "nonlinear": header() + "(assert (>= (* Y_0 Y_1) 0))",
+    "operator": header() + "(assert (= Y_0 Y_1))",
+    "no output": header() + "(assert (>= X_0 1))",
+}
+BAD = {**SYNTAX, **DECLARATIONS, **INPUT_CONSTRAINTS, **OUTPUT_CONSTRAINTS}
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
