@@ -5,6 +5,7 @@ The benchmarks run as scripts, so this folder is on ``sys.path``: ``from bench_c
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 
@@ -45,6 +46,15 @@ def mnist_float_models() -> dict[str, nn.Module]:
 def int8_model(model: nn.Module, calib: torch.Tensor) -> QNetwork:
     """``model`` converted to an 8-bit QNetwork, calibrated on ``calib``."""
     return from_float(model.eval(), calib, bits=8)
+
+
+def int_options(doc: str | None, **defaults: int) -> argparse.Namespace:
+    """The command line of a benchmark whose options are all integers: ``--name N``, with the
+    given defaults."""
+    p = argparse.ArgumentParser(description=doc)
+    for name, default in defaults.items():
+        p.add_argument(f"--{name}", type=int, default=default)
+    return p.parse_args()
 
 
 def per_second(n: int, fn: Callable[[], object]) -> float:

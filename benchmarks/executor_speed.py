@@ -10,10 +10,8 @@ Usage: python benchmarks/executor_speed.py [--n 10000] [--batch 1000]
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from bench_common import int8_model, mnist_float_models, per_second
+from bench_common import int8_model, int_options, mnist_float_models, per_second
 
 from qcert.data import load
 
@@ -28,10 +26,7 @@ def timed(fn, x: torch.Tensor, batch: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--n", type=int, default=10000)
-    p.add_argument("--batch", type=int, default=1000)
-    args = p.parse_args()
+    args = int_options(__doc__, n=10000, batch=1000)
     test = load("mnist", "test", n=args.n)
     models = mnist_float_models()
     print(

@@ -6,9 +6,7 @@ each and the ratio 2 workers / 1 worker. Usage: python benchmarks/ray_scaling.py
 
 from __future__ import annotations
 
-import argparse
-
-from bench_common import MLP, int8_model, mnist_float_models, per_second
+from bench_common import MLP, int8_model, int_options, mnist_float_models, per_second
 
 from qcert.data import load
 from qcert.parallel import shutdown
@@ -16,10 +14,7 @@ from qcert.smoothing.run import certify_dataset
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--samples", type=int, default=12)
-    p.add_argument("--n", type=int, default=4000)
-    args = p.parse_args()
+    args = int_options(__doc__, samples=12, n=4000)
     test = load("mnist", "test", n=args.samples)
     net = int8_model(mnist_float_models()[MLP], test.images)
     rates = {}
