@@ -50,6 +50,7 @@ MNIST_CONVS = [(64, 5, 2), (128, 3, 1), (256, 3, 1), (384, 3, 1), (512, 3, 2)]
         ("paper-mnist", (1, 28, 28), MNIST_CONVS),
         ("paper-cifar", (3, 32, 32), [(64, 5, 2), (96, 3, 1), (128, 3, 2)]),
     ],
+    ids=["paper-mnist", "paper-cifar"],
 )
 def test_paper_archs_have_the_papers_layers(arch: str, shape, convs) -> None:
     """Unpadded convolutions as (out channels, kernel, stride), then dense 128 and 10."""
