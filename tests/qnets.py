@@ -1,8 +1,10 @@
 """Networks, strategies and helpers shared by the tests.
 
-* ``small_mlp`` / ``small_cnn`` / ``small_nets``: small random QNetworks with integer weights and
-  tiny input ranges, so that every input of a box can be enumerated (``box_points``);
-* ``digits_mlp``: a random 8-bit MLP for the 8×8 digits images;
+* ``small_mlp`` / ``small_cnn`` / ``small_nets`` / ``enumerable_net``: small random QNetworks
+  with integer weights and tiny input ranges, so that every input of a box can be enumerated
+  (``box_points``);
+* ``digits_mlp``: a random 8-bit MLP for the 8×8 digits images; ``random_layer``: a linear or
+  convolution layer with uniform random codes;
 * ``random_networks``: the hypothesis strategy of random QNetworks (convolution, pooling, linear,
   every format and rounding rule), drawn from a ``NetSpace`` that each test narrows to what it
   exercises;
@@ -153,10 +155,10 @@ def digits_mlp(
 
 
 def enumerable_net(seed: int) -> QNetwork:
-    """A small QNN: 2-4 integer inputs of 4 bits, MLP or conv (+ avgpool), random rounding,
-    signed/unsigned activations, requantization shifts sized so that units are neither constant
-    nor always saturated (some shifts are 0 or -1), optional requantized logits (so ties between
-    logits happen)."""
+    """A small QNN drawn from ``seed``: 2-4 integer inputs of 4 bits, MLP or conv (+ avgpool),
+    random rounding, signed/unsigned activations, requantization shifts sized so that units are
+    neither constant nor always saturated (some shifts are 0 or -1), optional requantized logits
+    (so ties between logits happen)."""
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
     rounding = rng.choice(["half_up", "half_even", "floor"])
