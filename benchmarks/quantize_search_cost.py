@@ -15,30 +15,30 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from qcert.data import load
-from qcert.layerwise.advtrain import pgd_float
-from qcert.layerwise.floatio import FloatModel, build_float_arch
 from qcert.layerwise.search import quantize
+from qcert.train.base import ScheduleValues
+from qcert.train.config import TrainConfig
+from qcert.train.pgd import PGDMethod
 
 
-def epoch_seconds(model: FloatModel, x: torch.Tensor, y: torch.Tensor, args) -> float:  # noqa: ANN001
-    """Seconds of one PGD-training epoch over ``x``, from ``args.batches`` timed batches."""
-    opt = torch.optim.Adam(model.module.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(x.shape[0], generator=gen)
+def epoch_seconds(method: PGDMethod, x: torch.Tensor, y: torch.Tensor, args) -> float:  # noqa: ANN001
+    """Seconds of one PGD-training epoch over ``x`` (the ``pgd`` method's step at full ε), from
+    ``args.batches`` timed batches."""
+    opt = torch.optim.AdamW(method.model.parameters(), lr=1e-3, weight_decay=0.0)
+    sv = ScheduleValues(args.eps, 0.0, 0.0, False)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
     n = min(args.batches, math.ceil(x.shape[0] / 128))
-    model.module.train()
+    method.model.train()
     t0 = time.perf_counter()
     for b in range(n):
         idx = perm[b * 128 : (b + 1) * 128]
-        adv = pgd_float(model, x[idx], y[idx], args.eps, args.steps, generator=gen)
-        loss = F.cross_entropy(model.logits(adv), y[idx])
+        loss, _ = method.loss(x[idx], y[idx], sv)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.module.eval()
+    method.model.eval()
     return (time.perf_counter() - t0) / n * math.ceil(x.shape[0] / 128)
 
 
@@ -57,10 +57,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     train = load(args.dataset, "train")
     x, y = train.images.float(), train.labels
-    module = build_float_arch(args.arch, tuple(x.shape[1:]), len(train.classes), seed=0)
-    model = FloatModel(module.eval(), tuple(x.shape[1:]), classes=train.classes)
-    epoch = epoch_seconds(model, x, y, args)
-    print(f"{args.arch} on {args.dataset}: {sum(p.numel() for p in module.parameters())} params")
+    cfg = TrainConfig(
+        args.dataset, "", args.arch, "pgd", args.eps, pgd_train_steps=args.steps
+    ).validate()
+    method = PGDMethod(cfg, tuple(x.shape[1:]), len(train.classes), list(train.classes))
+    model = method.float_model
+    epoch = epoch_seconds(method, x, y, args)
+    n_params = sum(p.numel() for p in model.module.parameters())
+    print(f"{args.arch} on {args.dataset}: {n_params} params")
     print(f"one PGD-{args.steps} training epoch ({x.shape[0]} samples): {epoch:9.2f} s")
     print(f"{'strategy':10s} {'search s':>9s} {'search/epoch':>13s}  bits")
     cx, cy = train.images[: args.calib], train.labels[: args.calib]

@@ -21,3 +21,8 @@ class DataError(QcertError):
 
 class InputError(QcertError, ValueError):
     """An input tensor has the wrong shape, dtype, range, or contains NaN."""
+
+
+class ConfigError(InputError):
+    """A configuration is invalid (unknown architecture, method or loss, bad numbers): a kind of
+    bad input, so ``except InputError`` catches it too."""

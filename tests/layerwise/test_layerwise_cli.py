@@ -12,10 +12,10 @@ from torch import nn
 
 from qcert.cli.main import main
 from qcert.data import load
-from qcert.layerwise.floatio import FloatModel, save_float
 from qcert.layerwise.pipeline import search_eps_for
 from qcert.quant import load_model
 from qcert.quant.evaluate import accuracy
+from qcert.quant.floatmodel import FloatModel, save_float
 
 
 @pytest.fixture(scope="module")

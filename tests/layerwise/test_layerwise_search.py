@@ -13,11 +13,11 @@ from torch import nn
 from qcert.data import load
 from qcert.errors import FormatError, InputError
 from qcert.layerwise.build import build_qnetwork
-from qcert.layerwise.floatio import FloatModel
 from qcert.layerwise.metric import deviation_bound, float_forward64, profile
 from qcert.layerwise.search import STRATEGIES, allocate, quantize
 from qcert.quant import FixedPointFormat, from_float
 from qcert.quant.evaluate import accuracy
+from qcert.quant.floatmodel import FloatModel
 
 
 @pytest.fixture(scope="module")

@@ -116,3 +116,45 @@ def test_every_engine_and_batch_size_gives_the_same_counts(digits) -> None:
     assert IntegerSmoothing(net, 0.25).noisy_dtype is np.int8  # the fused int8 path is used
     with pytest.raises(QcertError, match="unknown engine"):
         IntegerSmoothing(net, 0.25, engine="gpu")
+
+
+@pytest.mark.parametrize("cut", ["six fields", "after the 5th tab"])
+def test_a_torn_row_is_redone_not_counted(digits, tmp_path, cut: str) -> None:
+    """Issue 12 item 2: a row cut by a crash — with all six fields but no newline, or right after
+    its 5th tab — is redone on resume: n rows for n samples, none lost, none doubled."""
+    net = digits_net()
+    kw = dict(n=300, n0=20, alpha=0.01, batch=128, seed=2)
+    once = tmp_path / "once.tsv"
+    certify_dataset(net, digits.images, digits.labels, 0.12, out=once, n_samples=4, **kw)
+    text = once.read_text()
+    last = text[text.rstrip("\n").rfind("\n") + 1 :]
+    torn = last.rstrip("\n") if cut == "six fields" else last[: last.rfind("\t") + 1]
+    part = tmp_path / "part.tsv"
+    part.write_text(text[: len(text) - len(last)] + torn)
+    (tmp_path / "part.tsv.json").write_text((tmp_path / "once.tsv.json").read_text())
+    resumed = certify_dataset(net, digits.images, digits.labels, 0.12, out=part, n_samples=4, **kw)
+    assert resumed["n"] == 4 and [r["idx"] for r in read_rows(part)] == [0, 1, 2, 3]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert strip(read_rows(part)) == strip(read_rows(once))
+
+
+def test_resume_is_for_the_same_run_and_range(digits, tmp_path) -> None:
+    """Only the requested samples are summarized (issue 12 item 10), and a TSV of another model or
+    σ is refused (item 11; the run's identity is kept in OUT.json)."""
+    net = digits_net()
+    kw = dict(n=300, n0=20, alpha=0.01, batch=128, seed=2)
+    out = tmp_path / "s.tsv"
+    certify_dataset(net, digits.images, digits.labels, 0.12, out=out, n_samples=6, **kw)
+    rows: list[dict] = []
+    part = certify_dataset(
+        net, digits.images, digits.labels, 0.12, out=out, n_samples=3, on_row=rows.append, **kw
+    )
+    assert part["n"] == 3 and [r["idx"] for r in rows] == [0, 1, 2] and len(read_rows(out)) == 6
+    before = out.read_bytes()
+    with pytest.raises(InputError, match="another model"):
+        certify_dataset(
+            digits_net(constant=True), digits.images, digits.labels, 0.12, out=out, **kw
+        )
+    with pytest.raises(InputError, match="sigma"):
+        certify_dataset(net, digits.images, digits.labels, 0.25, out=out, **kw)
+    assert out.read_bytes() == before

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qcert.errors import ConfigError
 from qcert.quant import QConv2d, QLinear, QRequant, from_float
-from qcert.train.archs import ARCHS, ConfigError, build_float, build_qnetwork, layer_bits
+from qcert.quant.floatmodel import ARCHS, build_float
+from qcert.train.archs import build_qnetwork, layer_bits
 
 
 @pytest.mark.parametrize("arch", ["mlp-small", "cnn-small", "cnn-medium"])

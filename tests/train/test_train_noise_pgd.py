@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from qcert.cli.main import main
+from qcert.errors import ConfigError
 from qcert.quant import load_model
 from qcert.train import TrainConfig, train
-from qcert.train.archs import ConfigError
 from qcert.train.qaibp import NoiseMethod
 
 

@@ -10,7 +10,8 @@ import torch
 from qnets import ACT4, BIAS8_4, small_mlp
 
 from qcert.errors import InputError
-from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant
+from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant, save_model
+from qcert.runs import model_sha256
 from qcert.verify import verify_dataset, verify_sample
 
 
@@ -136,3 +137,52 @@ def test_timeout_verdict() -> None:
     assert r.verdict in ("timeout", "vulnerable")
     if r.verdict == "timeout":
         assert r.counterexample is None and r.predicted is None
+
+
+def test_summary_counts_only_the_requested_samples(tmp_path: Path) -> None:
+    """Issue 12 item 10: resuming a 12-record file for the first 6 samples summarizes 6."""
+    net, x, y = net_and_data()
+    out = tmp_path / "v.jsonl"
+    full = verify_dataset(net, x, y, 1, out=out)
+    part = verify_dataset(net, x[:6], y[:6], 1, out=out)
+    assert full["n"] == 12 and part["n"] == 6 and len(read(out)) == 12
+    fresh = verify_dataset(net, x[:6], y[:6], 1)
+    assert {k: v for k, v in part.items() if k != "median_seconds"} == {
+        k: v for k, v in fresh.items() if k != "median_seconds"
+    }
+
+
+def test_resume_refuses_another_models_results(tmp_path: Path) -> None:
+    """Issue 12 item 11: every record carries the model's content hash; another model's file is
+    refused, and so is one written before the hash was recorded."""
+    net, x, y = net_and_data()
+    out = tmp_path / "v.jsonl"
+    verify_dataset(net, x[:3], y[:3], 1, out=out)
+    assert {r["model_sha256"] for r in read(out)} == {model_sha256(net)}
+    other = QNetwork(net.layers[:-1] + [QLinear.from_int(
+        net.layers[-1].int_tensors()["weight"].flip(0), None, FixedPointFormat(4, True, 2), None
+    )], (3,), FixedPointFormat(4, False, 2))  # fmt: skip
+    before = out.read_bytes()
+    with pytest.raises(InputError, match="another model"):
+        verify_dataset(other, x, y, 1, out=out)
+    legacy = tmp_path / "old.jsonl"
+    legacy.write_text("".join(
+        json.dumps({k: v for k, v in r.items() if k != "model_sha256"}) + "\n" for r in read(out)
+    ))  # fmt: skip
+    with pytest.raises(InputError, match="older qcert"):
+        verify_dataset(net, x, y, 1, out=legacy)
+    assert out.read_bytes() == before
+
+
+def test_a_model_or_text_file_as_out_is_left_alone(tmp_path: Path) -> None:
+    """Issue 12 item 1: the file's kind is checked before its torn last line is cut."""
+    net, x, y = net_and_data()
+    model = tmp_path / "m.qnn"
+    save_model(net, model)
+    text = tmp_path / "notes.txt"
+    text.write_text("first line\nsecond line")
+    for path in (model, text):
+        before = path.read_bytes()
+        with pytest.raises(InputError, match="not a verify result"):
+            verify_dataset(net, x, y, 1, out=path)
+        assert path.read_bytes() == before

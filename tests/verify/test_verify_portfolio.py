@@ -6,7 +6,7 @@ import pytest
 import torch
 from qnets import box_points, small_mlp
 
-import qcert.verify.sample as sample_mod
+import qcert.verify.query as query_mod
 from qcert.bounds import eps_box
 from qcert.quant import argmax_first
 from qcert.verify import SearchOutcome, verify_sample
@@ -15,7 +15,7 @@ from qcert.verify import SearchOutcome, verify_sample
 @pytest.mark.parametrize("bab_gives_up", [False, True])
 def test_portfolio_matches_enumeration(monkeypatch, bab_gives_up) -> None:
     if bab_gives_up:  # every query reaches the MILP fallback
-        monkeypatch.setattr(sample_mod, "bab_search", lambda *a, **k: SearchOutcome("timeout"))
+        monkeypatch.setattr(query_mod, "bab_search", lambda *a, **k: SearchOutcome("timeout"))
     seen = set()
     for seed in range(12):
         net = small_mlp(seed, 3, 3, logit_requant=seed % 2 == 1, rounding="half_even")

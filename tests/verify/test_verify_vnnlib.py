@@ -44,7 +44,7 @@ def enum_logits(net: QNetwork, lo: list[int], hi: list[int]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("method", ["bab", "milp"])
+@pytest.mark.parametrize("method", ["bab", "milp", "bab+milp"])
 def test_robustness_property_against_enumeration(seed: int, method: str) -> None:
     net = small_net(seed)
     rng = random.Random(seed)

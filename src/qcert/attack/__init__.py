@@ -1,5 +1,6 @@
 """Attacks on the integer network: every reported counterexample is re-checked by the reference
-executor ``net.integer_forward`` / ``net.predict`` (ties to the smallest index).
+executor ``net.integer_forward`` / ``net.predict`` (ties to the smallest index). Beside them, the
+float PGD of PGD training (:func:`pgd_float`), an attack on a float model only.
 
 >>> from qcert.attack import pgd_attack, robust_accuracy
 >>> from qcert.bounds import eps_box
@@ -22,7 +23,7 @@ from qcert.attack.base import (
     check_labels,
 )
 from qcert.attack.evaluate import robust_accuracy
-from qcert.attack.pgd import PGD, pgd_attack
+from qcert.attack.pgd import PGD, float_pgd_accuracy, pgd_attack, pgd_float
 
 __all__ = [
     "PGD",
@@ -33,6 +34,8 @@ __all__ = [
     "check_box",
     "check_eps",
     "check_labels",
+    "float_pgd_accuracy",
     "pgd_attack",
+    "pgd_float",
     "robust_accuracy",
 ]

@@ -1,19 +1,43 @@
-"""PGD: projected gradient descent in an integer L∞ box (Madry et al., ICLR 2018, arXiv 1706.06083).
+"""PGD: projected gradient descent in an L∞ box (Madry et al., ICLR 2018, arXiv 1706.06083).
 
-Distance: L∞, in input integer steps (the box ``[lo, hi]`` is usually ``eps_box(net, x, eps)``).
+Two targets, one ascent: :class:`PGD` / :func:`pgd_attack` attack the integer network in an
+integer box (``eps_box(net, x, eps)``) and re-check every hit exactly; :func:`pgd_float` attacks a
+float model on real-valued inputs (the inner maximisation of PGD training). Both start uniformly in
+the box and take signed-gradient steps projected back onto it (:func:`uniform_start`,
+:func:`ascent_step`). Distance: L∞, in input integer steps.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
+import torch.nn.functional as F
 
 from qcert.attack.base import Attack, AttackResult, FakeForward, Goal
 from qcert.errors import InputError
+from qcert.quant.floatmodel.model import FloatModel
 from qcert.quant.network import QNetwork
 
 LOSSES = ("targeted", "margin")
+
+
+def uniform_start(lo: torch.Tensor, hi: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """A uniformly random point of the box ``[lo, hi]`` (Madry et al.'s random start)."""
+    u = torch.rand(lo.shape, generator=gen)
+    return lo + u * (hi - lo)
+
+
+def ascent_step(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    alpha: float | torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+) -> torch.Tensor:
+    """One L∞ PGD step: ``x + alpha · sign(grad)``, projected back onto the box ``[lo, hi]``."""
+    return torch.minimum(torch.maximum(x + alpha * grad.sign(), lo), hi)
 
 
 class PGD(Attack):
@@ -134,8 +158,7 @@ class PGD(Attack):
         self._fake = fake
         lo_f, hi_f = flo[box].float(), fhi[box].float()
         if start is None:
-            u = torch.rand(lo_f.shape, generator=gen)
-            x = lo_f + u * (hi_f - lo_f)
+            x = uniform_start(lo_f, hi_f, gen)
         else:
             x = start.clone()
         if self.step_size is not None:
@@ -185,7 +208,7 @@ class PGD(Attack):
             live = ~done[box]
             if not live.any():
                 break
-            x = torch.minimum(torch.maximum(x + alpha * grad.sign(), lo_f), hi_f)
+            x = ascent_step(x, grad, alpha, lo_f, hi_f)
             if not live.all():
                 x, box, target, lo_f, hi_f, alpha = (
                     t[live] for t in (x, box, target, lo_f, hi_f, alpha)
@@ -222,3 +245,78 @@ def pgd_attack(
     See :class:`PGD` for the arguments.
     """
     return PGD(net, steps, restarts, step_size, seed, loss)(lo, hi, labels, x0=x0)
+
+
+def check_levels(v: float, what: str) -> float:
+    """``v`` as a non-negative finite number of input levels (real-valued: float inputs)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise InputError(f"{what} must be a finite number of input levels, got {v!r}")
+    if v < 0:
+        raise InputError(f"{what} must be non-negative, got {v!r}")
+    return float(v)
+
+
+def pgd_float(
+    model: FloatModel,
+    x_int: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
+    input_range: tuple[float, float] = (0.0, 255.0),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """L∞ PGD on a float model (Madry et al. 2018): maximise the cross-entropy over
+    ``[x - eps, x + eps] ∩ input_range`` (input levels, real-valued) with signed-gradient steps of
+    ``step_size`` levels (default ``2.5 * eps / steps``) from a uniform random start. Returns the
+    perturbed inputs (float32, same shape). An empirical attack on the float model, not on any
+    quantized network. The model's mode (train/eval) is left unchanged.
+
+    Shapes: ``x_int``: N×input_shape (integer units, any dtype); ``labels``: int64 N.
+    """
+    eps = check_levels(eps, "eps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise InputError(f"steps must be a non-negative integer, got {steps!r}")
+    x = x_int.to(torch.float32)
+    if eps == 0 or steps == 0:
+        return x.clone()
+    alpha = 2.5 * eps / steps if step_size is None else check_levels(step_size, "step_size")
+    lo = (x - eps).clamp(*input_range)
+    hi = (x + eps).clamp(*input_range)
+    adv = uniform_start(lo, hi, generator) if random_start else x.clone()
+    requires = [p.requires_grad for p in model.module.parameters()]
+    for p in model.module.parameters():
+        p.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            adv.requires_grad_(True)
+            loss = F.cross_entropy(model.logits(adv), labels, reduction="sum")
+            (g,) = torch.autograd.grad(loss, adv)
+            adv = ascent_step(adv.detach(), g, alpha, lo, hi)
+    finally:
+        for p, r in zip(model.module.parameters(), requires):
+            p.requires_grad_(r)
+    return adv.detach()
+
+
+def float_pgd_accuracy(
+    model: FloatModel,
+    x_int: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    steps: int = 20,
+    seed: int = 0,
+    batch_size: int = 500,
+) -> float:
+    """Share of inputs the float model (in eval mode) still classifies correctly at its PGD point:
+    an upper bound on the float model's robust accuracy at ``eps``."""
+    model.module.eval()
+    gen = torch.Generator().manual_seed(seed)
+    correct = 0
+    for s in range(0, x_int.shape[0], batch_size):
+        xb, yb = x_int[s : s + batch_size], labels[s : s + batch_size]
+        adv = pgd_float(model, xb, yb, eps, steps, generator=gen)
+        with torch.no_grad():
+            correct += int((model.logits(adv).argmax(1) == yb).sum())
+    return correct / max(1, x_int.shape[0])

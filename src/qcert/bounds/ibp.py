@@ -32,17 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from qcert.errors import InputError
+from qcert.quant.floatmodel.walker import leaves
 from qcert.quant.format import round_float
 from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
-
-__all__ = [
-    "IBPBounds",
-    "float_ibp_bounds",
-    "float_ibp_certified",
-    "qaibp_bounds",
-    "qaibp_interval_bounds",
-]
 
 
 @dataclass
@@ -231,15 +224,6 @@ def qaibp_bounds(
 _FLOAT_IDENTITY = (nn.Dropout, nn.Identity)
 
 
-def _float_leaves(model: nn.Module) -> list[nn.Module]:
-    if isinstance(model, nn.Sequential):
-        out: list[nn.Module] = []
-        for child in model.children():
-            out += _float_leaves(child)
-        return out
-    return [model]
-
-
 def _float_step(
     m: nn.Module, lo: torch.Tensor, hi: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,11 +264,11 @@ def float_ibp_bounds(
         raise InputError(f"box bounds have different shapes {tuple(lo.shape)}, {tuple(hi.shape)}")
     if bool((lo > hi).any()):
         raise InputError("box lower bound exceeds its upper bound")
-    leaves = _float_leaves(model)
-    while leaves and isinstance(leaves[-1], _FLOAT_IDENTITY):
-        leaves = leaves[:-1]
-    fused = _fusable_last(leaves, (nn.Linear,))
-    body = leaves[:-1] if fused else leaves
+    layers = [m for _, m in leaves(model)]
+    while layers and isinstance(layers[-1], _FLOAT_IDENTITY):
+        layers = layers[:-1]
+    fused = _fusable_last(layers, (nn.Linear,))
+    body = layers[:-1] if fused else layers
     l, u = lo, hi
     widths = []
     for m in body:
@@ -293,10 +277,10 @@ def float_ibp_bounds(
             widths.append((u - l).mean())
     if l.dim() != 2:
         raise InputError("the float model must end in a vector of logits")
-    num_classes = leaves[-1].out_features if fused else l.shape[1]  # type: ignore[union-attr]
+    num_classes = layers[-1].out_features if fused else l.shape[1]  # type: ignore[union-attr]
     labels = _check_labels(labels, lo.shape[0], int(num_classes))
     if fused:
-        last = leaves[-1]
+        last = layers[-1]
         assert isinstance(last, nn.Linear)
         c, r = (u + l) * 0.5, (u - l) * 0.5
         b = None if last.bias is None else last.bias.to(c.dtype)

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
-from pathlib import Path
 
 from qcert.attack import check_eps, robust_accuracy
-from qcert.cli.common import add_dataset_args, load_dataset_for, positive_int, print_json
+from qcert.cli.common import (
+    add_dataset_args,
+    check_outputs,
+    load_dataset_for,
+    positive_int,
+    print_json,
+)
 from qcert.errors import InputError
 from qcert.progress import progress_task
 from qcert.quant import load_model
+from qcert.runs import COUNTEREXAMPLES, read_records, write_atomic
 
 
 def _eps(text: str) -> int:
@@ -50,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs([args.model], {"--out": args.out})
+    if args.out is not None and os.path.isfile(args.out) and os.path.getsize(args.out):
+        read_records(args.out, COUNTEREXAMPLES)  # replaced only if it is a counterexample file
     net = load_model(args.model)
     images, labels, _ = load_dataset_for(net, args.dataset, args.split, args.data_root, args.n)
     t0 = time.perf_counter()
@@ -77,10 +87,7 @@ def run(args: argparse.Namespace) -> int:
         )
     seconds = time.perf_counter() - t0
     if args.out:
-        path = Path(args.out)
-        with path.open("w") as f:
-            for rec in out["counterexamples"]:
-                f.write(json.dumps(rec) + "\n")
+        write_atomic(args.out, "".join(json.dumps(rec) + "\n" for rec in out["counterexamples"]))
     summary = {
         "n": out["n"],
         "eps": args.eps,

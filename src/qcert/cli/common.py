@@ -1,4 +1,5 @@
-"""Helpers shared by the command modules: argument types, JSON output, dataset loading."""
+"""Helpers shared by the command modules: argument types, output path checks, JSON output, dataset
+loading."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from qcert.errors import InputError
+from qcert.runs import check_output_file
 
 console = Console(stderr=True)
 
@@ -41,6 +43,27 @@ def finite_float(text: str) -> float:
     if not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return v
+
+
+def check_outputs(inputs: list[str | None], outputs: dict[str, str | None]) -> None:
+    """Check every output file given (``{"--out": path}``, ``None`` when not given) before any
+    work: its folder exists, it can be written, it is not a folder and not one of ``inputs``. A
+    problem is one error line and exit code 2."""
+    for what, path in outputs.items():
+        if path is not None:
+            check_output_file(path, inputs=inputs, what=what)
+
+
+def add_ray_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="spread samples over a Ray cluster (a local one when no address is given)",
+    )
+    p.add_argument("--workers", type=positive_int, default=None, help="CPUs of a local Ray")
 
 
 def add_dataset_args(p: argparse.ArgumentParser, split: bool = True) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from qcert.cli.common import (
     add_dataset_args,
+    add_ray_args,
+    check_outputs,
     finite_float,
     load_dataset_for,
     nonneg_int,
@@ -53,15 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--n", type=positive_int, default=100_000, help="samples for the estimate")
     c.add_argument("--n0", type=positive_int, default=100, help="samples to pick the class")
     c.add_argument("--out", default=None, help="TSV file (idx label predict radius correct time)")
-    c.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="spread samples over a Ray cluster (a local one when no address is given)",
-    )
-    c.add_argument("--workers", type=positive_int, default=None, help="CPUs of a local Ray")
+    add_ray_args(c)
     c.set_defaults(func=run_certify)
     q = ss.add_parser("predict", help="PREDICT with the binomial-test abstain rule")
     _common(q)
@@ -81,14 +74,14 @@ def _load(args: argparse.Namespace):
 
 
 def run_certify(args: argparse.Namespace) -> int:
-    from qcert.smoothing.run import certify_dataset, read_rows
+    from qcert.runs import write_atomic
+    from qcert.smoothing.run import certify_dataset
 
+    summary_file = None if args.out is None else args.out + ".json"
+    check_outputs([args.model], {"--out": args.out, "the summary file": summary_file})
     net, images, labels, total = _load(args)
-    done = len(read_rows(args.out)) if args.out else 0
     counts = {"correct": 0, "abstain": 0}
     with progress_task(f"certify σ={args.sigma} {args.arith}", total) as (prog, task):
-        if prog is not None:
-            prog.update(task, completed=min(done, total))
 
         def on_row(row: dict) -> None:
             counts["correct"] += row["correct"]
@@ -107,8 +100,8 @@ def run_certify(args: argparse.Namespace) -> int:
             ray_address=args.ray, workers=args.workers,
         )  # fmt: skip
     summary.update({"sigma": args.sigma, "n_noise": args.n, "alpha": args.alpha})
-    if args.out:
-        Path(args.out + ".json").write_text(json.dumps(summary, indent=2) + "\n")
+    if summary_file is not None:
+        write_atomic(summary_file, json.dumps(summary, indent=2) + "\n")
     if args.json:
         print_json(summary)
     else:

@@ -1,16 +1,14 @@
 """``qcert train``: QA-IBP certified training and the qat / float / float-ibp baselines, noise
 training for randomized smoothing (``--method noise --sigma S``) and PGD adversarial training of a
-float network (``--method pgd``, for ``qcert quantize``).
+float network (``--method pgd``, for ``qcert quantize``), all on one training loop.
 
-Writes DIR/model.qnn, DIR/metrics.json and DIR/checkpoint.safetensors (every epoch; --resume
-continues it); ``--method pgd`` writes DIR/float.safetensors and DIR/metrics.json. See
-docs/training.md.
+Writes DIR/model.qnn (``--method pgd``: DIR/float.safetensors), DIR/metrics.json and
+DIR/checkpoint.safetensors (every epoch; --resume continues it). See docs/training.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
 from qcert.cli.common import console, finite_float, nonneg_int, positive_int, print_json
 
@@ -26,7 +24,7 @@ def _bits(text: str) -> int | list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from qcert.train.archs import ARCHS, DEFAULT_ARCH
+    from qcert.quant.floatmodel import ARCHS, DEFAULT_ARCH
     from qcert.train.config import METHODS, TrainConfig
 
     d = TrainConfig(dataset="", out="")
@@ -41,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-root", default=None, help="folder with the dataset files (IDX, CIFAR)")
     p.add_argument("--arch", default=DEFAULT_ARCH, help=f"one of {', '.join(ARCHS)}")
-    p.add_argument("--method", default="qa-ibp", help=f"one of {', '.join([*METHODS, 'pgd'])}")
+    p.add_argument("--method", default="qa-ibp", help=f"one of {', '.join(METHODS)}")
     p.add_argument(
         "--sigma",
         type=finite_float,
@@ -49,7 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="noise level of --method noise, in [0,1] units (as qcert smooth)",
     )
     p.add_argument(
-        "--pgd-train-steps", type=positive_int, default=7, help="PGD steps of --method pgd"
+        "--pgd-train-steps",
+        type=positive_int,
+        default=d.pgd_train_steps,
+        help="PGD steps of --method pgd",
     )
     p.add_argument(
         "--pgd-step-size", type=finite_float, default=None, help="PGD step of --method pgd"
@@ -63,20 +64,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.safetensors")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     p.add_argument("--lr", type=finite_float, default=None, help="learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=finite_float, default=d.weight_decay)
+    p.add_argument("--weight-decay", type=finite_float, default=None, help="default 5e-5 (pgd: 0)")
     p.add_argument("--seed", type=nonneg_int, default=d.seed)
     p.add_argument(
         "--bits", type=_bits, default=d.bits, help="one width for all layers, or a comma list"
     )
     p.add_argument("--n-train", type=positive_int, default=None)
-    p.add_argument("--n-test", type=positive_int, default=None)
+    p.add_argument(
+        "--n-test", type=positive_int, default=None, help="first N test samples (pgd: 1000)"
+    )
     p.add_argument("--robust-loss", default=d.robust_loss, help="ce or hinge")
     p.add_argument("--kappa", type=finite_float, default=d.kappa, help="final robust-loss weight")
     p.add_argument(
         "--lambda", dest="lam", type=finite_float, default=d.lam, help="final width weight"
     )
-    p.add_argument("--warmup", type=finite_float, default=d.warmup, help="share of plain QAT")
-    p.add_argument("--ramp", type=finite_float, default=d.ramp, help="share of the ε/κ/λ ramp")
+    p.add_argument(
+        "--warmup", type=finite_float, default=None, help="share of plain training (0.1; pgd: 0)"
+    )
+    p.add_argument(
+        "--ramp", type=finite_float, default=None, help="share of the ε/κ/λ ramp (0.5; pgd: 0.3)"
+    )
     p.add_argument(
         "--augment",
         type=nonneg_int,
@@ -108,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.method == "pgd":
-        return _run_pgd(args)
     cfg = TrainConfig(
         dataset=args.dataset,
         out=args.out,
@@ -137,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         pgd_steps=args.pgd_steps,
         pgd_n=args.pgd_n,
         sigma=args.sigma,
+        pgd_train_steps=args.pgd_train_steps,
+        pgd_step_size=args.pgd_step_size,
     )
     quiet = args.json
     res = train(
@@ -148,41 +155,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(m)
         return 0
-    cert = ", ".join(f"ε={k}: {v:.4f}" for k, v in m["ibp_certified_acc"].items())
-    pgd = "-"
-    if m["pgd_acc"] is not None:
-        pgd = f"{m['pgd_acc']:.4f} (ε={m['pgd_eps']}, {m['pgd_n']} samples)"
     print(
         f"{m['method']} {m['arch']} on {m['dataset']}: {m['epochs']} epochs, {m['seconds']:.0f} s"
     )
-    print(f"clean accuracy {m['clean_acc']:.4f} on {m['n_test']} test samples")
-    print(f"certified (exact QA-IBP) {cert}")
-    print(f"PGD accuracy {pgd}")
+    if "ibp_certified_acc" in m:
+        cert = ", ".join(f"ε={k}: {v:.4f}" for k, v in m["ibp_certified_acc"].items())
+        pgd = "-"
+        if m["pgd_acc"] is not None:
+            pgd = f"{m['pgd_acc']:.4f} (ε={m['pgd_eps']}, {m['pgd_n']} samples)"
+        print(f"clean accuracy {m['clean_acc']:.4f} on {m['n_test']} test samples")
+        print(f"certified (exact QA-IBP) {cert}")
+        print(f"PGD accuracy {pgd}")
+    else:  # pgd: a float model, measured as a float model
+        print(f"float clean accuracy {m['clean_acc']:.4f} on {m['n_eval']} test samples")
+        print(f"float PGD accuracy {m['pgd_acc']:.4f} (ε={m['eps']}, {m['pgd_steps_eval']} steps)")
     print(f"wrote {res.model_path} and {res.metrics_path}")
-    return 0
-
-
-def _run_pgd(args: argparse.Namespace) -> int:
-    """``--method pgd``: PGD adversarial training of a float network (qcert.layerwise.advtrain);
-    writes DIR/float.safetensors (read by ``qcert quantize``) and DIR/metrics.json."""
-    from qcert.errors import InputError
-    from qcert.layerwise.advtrain import train_pgd
-
-    if args.arch not in ("mlp-small", "cnn-small"):
-        raise InputError(f"--method pgd trains mlp-small or cnn-small, not {args.arch!r}")
-    if args.eps < 0:
-        raise InputError(f"eps must be ≥ 0, got {args.eps}")
-    metrics = train_pgd(
-        args.dataset, args.arch, args.eps, args.epochs, args.out,
-        steps=args.pgd_train_steps, step_size=args.pgd_step_size,
-        time_budget=None if args.time_budget is None else args.time_budget * 60.0,
-        seed=args.seed, progress=not args.json,
-        data_root=args.data_root, n_train=args.n_train,
-        batch_size=args.batch_size, lr=args.lr if args.lr is not None else 1e-3,
-    )  # fmt: skip
-    if args.json:
-        print_json(metrics)
-    else:
-        print(json.dumps(metrics, indent=2))
-        print(f"wrote {args.out}/float.safetensors and {args.out}/metrics.json")
     return 0

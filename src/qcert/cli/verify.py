@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from qcert.cli.common import (
+    add_ray_args,
+    check_outputs,
     finite_float,
     load_dataset_for,
     nonneg_int,
@@ -24,7 +26,8 @@ from qcert.cli.common import (
 from qcert.errors import InputError
 from qcert.progress import progress_task
 from qcert.quant import load_model
-from qcert.verify import RULES, BabOptions, verify_dataset
+from qcert.runs import VERDICTS, VNNLIB_RESULTS, write_atomic
+from qcert.verify import METHODS, RULES, BabOptions, verify_dataset
 from qcert.verify.split import parse_rule
 from qcert.verify.vnnlib import verify_vnnlib
 
@@ -58,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=finite_float, default=20.0, help="seconds per query")
     p.add_argument(
         "--method",
-        choices=["bab", "milp", "bab+milp"],
+        choices=list(METHODS),
         default="bab",
         help="branch and bound, the HiGHS MILP, or the portfolio (BaB for 30%% of the timeout, then "
         "MILP on what is still open)",
@@ -71,41 +74,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON Lines file of per-sample results (resumable)")
-    p.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="spread samples over a Ray cluster (a local one when no address is given)",
-    )
-    p.add_argument("--workers", type=positive_int, default=None, help="CPUs of a local Ray")
+    add_ray_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
 
+def _check_cex_file(path: str) -> None:
+    """An existing ``--cex`` file is replaced only if it is a VNN-COMP result."""
+    p = Path(path)
+    if p.exists() and p.stat().st_size:
+        with open(p, "rb") as f:
+            first = f.read(64).split(b"\n", 1)[0].strip()
+        if first.decode(errors="replace") not in VNNLIB_RESULTS:
+            raise InputError(f"--cex {p} exists and is not a VNN-COMP result file; name another")
+
+
 def run(args: argparse.Namespace) -> int:
-    net = load_model(args.model)
-    options = BabOptions(seed=args.seed, **({"split": args.split_rule} if args.split_rule else {}))
+    check_outputs([args.model, args.vnnlib], {"--out": args.out, "--cex": args.cex})
     if args.vnnlib is not None:
         if args.dataset is not None or args.eps is not None:
             raise InputError("--vnnlib takes no --dataset or --eps")
+        if args.cex is not None:
+            _check_cex_file(args.cex)
+    elif args.dataset is None or args.eps is None:
+        raise InputError("give --dataset and --eps (or --vnnlib PROP.vnnlib)")
+    net = load_model(args.model)
+    options = BabOptions(seed=args.seed, **({"split": args.split_rule} if args.split_rule else {}))
+    if args.vnnlib is not None:
         res = verify_vnnlib(
             net, Path(args.vnnlib), timeout=args.timeout, method=args.method, options=options
         )
         text = res.vnncomp()
         sys.stdout.write(text)
         if args.cex:
-            Path(args.cex).write_text(text)
+            write_atomic(args.cex, text)
         return 0
-    if args.dataset is None or args.eps is None:
-        raise InputError("give --dataset and --eps (or --vnnlib PROP.vnnlib)")
     n = None if args.n is None else args.start + args.n
     images, labels, _ = load_dataset_for(net, args.dataset, args.split, args.data_root, n)
     if args.start >= images.shape[0]:
         raise InputError(f"--start {args.start} is past the {images.shape[0]} samples")
     total = images.shape[0] - args.start
-    counts = {"robust": 0, "vulnerable": 0, "timeout": 0, "misclassified": 0}
+    counts = dict.fromkeys(VERDICTS, 0)
     t0 = time.perf_counter()
     with progress_task(f"verify ε={args.eps}", total, enabled=None if not args.json else False) as (
         prog,
@@ -124,21 +133,11 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(rec), flush=True)
 
         summary = verify_dataset(
-            net,
-            images,
-            labels,
-            args.eps,
-            out=args.out,
-            start=args.start,
-            timeout=args.timeout,
-            method=args.method,
-            options=options,
-            on_result=on_result,
-            extra={"model": str(args.model)},
-            ray=args.ray is not None,
-            ray_address=args.ray,
+            net, images, labels, args.eps, out=args.out, start=args.start, timeout=args.timeout,
+            method=args.method, options=options, on_result=on_result,
+            extra={"model": str(args.model)}, ray=args.ray is not None, ray_address=args.ray,
             workers=args.workers,
-        )
+        )  # fmt: skip
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     if args.json:
         print_json(summary)

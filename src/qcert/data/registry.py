@@ -14,7 +14,7 @@ from qcert.data.idx import load_idx_dataset
 from qcert.data.mnist import load_mnist_arrays
 from qcert.errors import DataError
 
-__all__ = ["DATASETS", "SPLITS", "load"]
+__all__ = ["DATASETS", "SPLITS", "check_dataset", "load"]
 
 DATASETS: tuple[str, ...] = ("mnist", "digits", "mnist-idx", "fashion-mnist", "cifar10")
 """Names accepted by :func:`load`."""
@@ -34,6 +34,13 @@ FASHION_MNIST_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
+
+
+def check_dataset(name: object) -> str:
+    """``name`` if it is one of :data:`DATASETS`; :class:`DataError` otherwise."""
+    if not isinstance(name, str) or name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return name
 
 
 def load(
@@ -57,8 +64,7 @@ def load(
     Raises:
         DataError: Unknown name or split, bad ``n``, missing ``root``, missing or corrupt files.
     """
-    if not isinstance(name, str) or name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    check_dataset(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for {name}; use 'train' or 'test'")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):

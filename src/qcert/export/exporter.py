@@ -20,6 +20,7 @@ from qcert.errors import FormatError
 from qcert.export.integer import INPUT_NAME, OUTPUT_NAME, build_integer
 from qcert.export.qdq import build_qdq, qdq_opset, qdq_problems
 from qcert.quant import QNetwork
+from qcert.quant.files import write_atomic
 from qcert.quant.io import header_of
 
 FLAVOURS = ("integer", "qdq")
@@ -121,9 +122,5 @@ def to_onnx(
     ``2**-net.logit_frac`` — the values of ``net.integer_forward``.
     """
     model = onnx_model(net, flavour, int8_kernels=int8_kernels, strict=strict)
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(model.SerializeToString())
-    os.replace(tmp, path)
+    write_atomic(path, model.SerializeToString())
     return model

@@ -61,6 +61,7 @@ from qcert.quant import (
     QRequant,
     Rounding,
 )
+from qcert.quant.files import read_bytes
 from qcert.quant.io import network_from
 
 QDQ_OPS = (
@@ -83,13 +84,7 @@ INT_TYPES = {
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Read and check an ONNX file; every problem is a :class:`ModelFileError`."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such ONNX file") from None
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot read ONNX file ({e.strerror})") from None
+    raw = read_bytes(path, "ONNX file")
     try:
         model = onnx.load_model_from_string(raw)
     except Exception as e:  # protobuf's DecodeError and friends

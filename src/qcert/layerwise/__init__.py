@@ -1,32 +1,28 @@
 """Lipschitz-guided layer-wise quantization of adversarially trained float networks (qcert's own
-design after arXiv 2110.12308; see docs/layerwise.md).
+design after arXiv 2110.12308; see docs/layerwise.md). This package only chooses quantizations:
+float models and their file live in :mod:`qcert.quant.floatmodel`, PGD training in
+:mod:`qcert.train.pgd`, the float PGD in :mod:`qcert.attack.pgd`.
 
->>> from qcert.layerwise import load_float, quantize
+>>> from qcert.layerwise import quantize
+>>> from qcert.quant.floatmodel import load_float
 >>> model = load_float("runs/pgd76/float.safetensors")
 >>> net, result = quantize(model, calib_x, calib_y, "lipschitz", avg_bits=4, eps=76)
 """
 
 from __future__ import annotations
 
-from qcert.layerwise.advtrain import pgd_float, train_pgd
 from qcert.layerwise.build import build_qnetwork
-from qcert.layerwise.floatio import FloatModel, load_float, save_float
 from qcert.layerwise.lipschitz import network_lipschitz, spectral_norm
 from qcert.layerwise.metric import deviation_bound
 from qcert.layerwise.search import STRATEGIES, SearchResult, allocate, quantize
 
 __all__ = [
     "STRATEGIES",
-    "FloatModel",
     "SearchResult",
     "allocate",
     "build_qnetwork",
     "deviation_bound",
-    "load_float",
     "network_lipschitz",
-    "pgd_float",
     "quantize",
-    "save_float",
     "spectral_norm",
-    "train_pgd",
 ]

@@ -2,8 +2,9 @@
 
 Unlike :func:`qcert.quant.from_float`, which takes every fractional bit count from a calibration
 maximum, this takes the weight and activation formats as given (chosen clipping ranges). The
-semantics is the same: the input is uint8 with 8 fractional bits (pixel ``k`` is ``k/256``; the
-float model's ``input_scale * 256`` is folded into the first layer), weights are rounded half to
+semantics is the same: the input is uint8 with 8 fractional bits (pixel ``k`` is
+``k · FLOAT_INPUT_SCALE = k/256``; the float model's ``input_scale / FLOAT_INPUT_SCALE`` is folded
+into the first layer), weights are rounded half to
 even and saturated, biases are 32-bit at the accumulator's scale (or coarser if they need the
 range), a ReLU becomes an unsigned requantization, two affine layers without a ReLU between them get
 a signed one, and the last affine layer's accumulators are the logits.
@@ -16,9 +17,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from qcert.errors import FormatError
-from qcert.layerwise.floatio import FloatModel
-from qcert.layerwise.metric import INPUT_FRAC, _plan, folded_weights
+from qcert.layerwise.metric import INPUT_FRAC, folded_weights, steps_of
 from qcert.quant.convert import frac_for
+from qcert.quant.floatmodel import FloatModel
 from qcert.quant.format import FixedPointFormat, Rounding
 from qcert.quant.layers import QConv2d, QFlatten, QLayer, QLinear, QRequant
 from qcert.quant.network import DEFAULT_INPUT_FORMAT, QNetwork
@@ -36,10 +37,8 @@ def build_qnetwork(
     """The QNetwork of ``model`` with weight format ``weight_formats[l]`` for affine layer ``l``
     and activation format ``act_formats[l]`` for the requantization after it (one per affine layer
     but the last; its ``signed`` flag is overridden: unsigned before a ReLU, signed otherwise)."""
-    if DEFAULT_INPUT_FORMAT.frac != INPUT_FRAC:
-        raise FormatError("internal: the input format must have 8 fractional bits")
     rounding = Rounding.parse(rounding)
-    steps = _plan(model)
+    steps = steps_of(model)
     weights = folded_weights(model)
     if len(weight_formats) != len(weights):
         raise FormatError(f"{len(weight_formats)} weight formats for {len(weights)} affine layers")
@@ -50,7 +49,8 @@ def build_qnetwork(
     layers: list[QLayer] = []
     frac, ai = INPUT_FRAC, 0
     pending: FixedPointFormat | None = None  # the activation format after the last affine layer
-    for kind, m in steps:
+    for step in steps:
+        kind, m = step.kind, step.module
         if kind == "affine":
             if pending is not None:  # affine directly after affine: signed requantization
                 fmt = FixedPointFormat(pending.bits, True, pending.frac)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qcert.errors import FormatError, InputError
+from qcert.quant.floatmodel import plan
 
 NORMS = ("2", "inf")
 #: a convolution whose explicit matrix costs at most this many multiply-adds to decompose
@@ -96,26 +97,25 @@ class AffineOp:
 
 
 def affine_ops(module: nn.Module, input_shape: Sequence[int]) -> list[AffineOp]:
-    """The affine layers of a float ``nn.Sequential`` (Linear, Conv2d, ReLU, Flatten, Dropout,
-    Identity) as operators on their actual input shapes, in order."""
-    from qcert.layerwise.floatio import _leaves
-
+    """The affine layers of a float ``nn.Sequential`` (the steps of
+    :func:`qcert.quant.floatmodel.plan`; no pooling) as operators on their actual input shapes, in
+    order."""
     shape = tuple(int(s) for s in input_shape)
     ops: list[AffineOp] = []
-    for m in _leaves(module):
-        if isinstance(m, nn.Linear | nn.Conv2d):
+    for step in plan(module):
+        m = step.module
+        if step.kind == "affine":
+            w, _ = step.params()
             if isinstance(m, nn.Conv2d):
-                if isinstance(m.padding, str) or m.groups != 1 or m.dilation != (1, 1):
-                    raise FormatError("only Conv2d with groups=1, dilation=1, integer padding")
-                op = AffineOp(m.weight, shape, tuple(m.stride), tuple(m.padding))  # type: ignore[arg-type]
+                op = AffineOp(w, shape, tuple(m.stride), tuple(m.padding))  # type: ignore[arg-type]
             else:
-                op = AffineOp(m.weight, shape)
+                op = AffineOp(w, shape)
             ops.append(op)
             shape = op.out_shape
-        elif isinstance(m, nn.Flatten):
+        elif step.kind == "flatten":
             shape = (math.prod(shape),)
-        elif not isinstance(m, nn.ReLU | nn.Dropout | nn.Identity):
-            raise FormatError(f"{type(m).__name__} is not supported by the Lipschitz estimates")
+        elif step.kind == "pool":
+            raise FormatError(f"{step.label} is not supported by the Lipschitz estimates")
     return ops
 
 

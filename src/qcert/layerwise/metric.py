@@ -23,15 +23,16 @@ import torch
 from torch import nn
 
 from qcert.errors import FormatError, InputError
-from qcert.layerwise.floatio import FloatModel, _leaves
 from qcert.layerwise.lipschitz import AffineOp, operator_norm
 from qcert.quant.convert import frac_for
+from qcert.quant.floatmodel import FloatModel, Step, plan
 from qcert.quant.format import MAX_ABS_FRAC, FixedPointFormat, Rounding, fake_requantize
 from qcert.quant.layers import quantize_weight
-from qcert.quant.network import QNetwork
+from qcert.quant.network import DEFAULT_INPUT_FORMAT, QNetwork
 
-#: the fixed-point input of every quantized network built here: pixel level k stands for k / 256
-INPUT_FRAC = 8
+#: the fixed-point input of every quantized network built here (the default uint8 input):
+#: pixel level k stands for k · 2**-INPUT_FRAC = k · FLOAT_INPUT_SCALE
+INPUT_FRAC = DEFAULT_INPUT_FORMAT.frac
 #: how many fractional-bit choices past the no-clipping one the search tries (clipping ranges)
 EXTRA_FRACS = 4
 
@@ -75,20 +76,14 @@ def _vec_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.norm(dim=1) if norm == "2" else flat.abs().amax(dim=1)
 
 
-def _plan(model: FloatModel) -> list[tuple[str, nn.Module | None]]:
-    steps: list[tuple[str, nn.Module | None]] = []
-    for m in _leaves(model.module):
-        if isinstance(m, nn.Linear | nn.Conv2d):
-            steps.append(("affine", m))
-        elif isinstance(m, nn.ReLU):
-            steps.append(("relu", None))
-        elif isinstance(m, nn.Flatten):
-            steps.append(("flatten", None))
-        elif not isinstance(m, nn.Dropout | nn.Identity):
-            raise FormatError(
-                f"{type(m).__name__} is not supported (Linear, Conv2d, ReLU, Flatten)"
-            )
-    if steps and steps[0][0] == "relu":
+def steps_of(model: FloatModel) -> list[Step]:
+    """The float model's steps (:func:`qcert.quant.floatmodel.plan`) as layer-wise quantization
+    takes them: no pooling, and no ReLU before the first affine layer."""
+    steps = plan(model.module)
+    for s in steps:
+        if s.kind == "pool":
+            raise FormatError(f"{s.label} is not supported by layer-wise quantization")
+    if steps and steps[0].kind == "relu":
         raise FormatError("a ReLU before the first affine layer is not supported")
     return steps
 
@@ -98,11 +93,9 @@ def folded_weights(model: FloatModel) -> list[tuple[torch.Tensor, torch.Tensor |
     on ``x_int / 256`` (``input_scale * 256`` folded in, as :func:`qcert.quant.from_float` does)."""
     fold = model.input_scale * 2.0**INPUT_FRAC
     out = []
-    for kind, m in _plan(model):
-        if kind == "affine":
-            assert isinstance(m, nn.Linear | nn.Conv2d)
-            w = m.weight.detach().to(torch.float64)
-            b = None if m.bias is None else m.bias.detach().to(torch.float64)
+    for s in steps_of(model):
+        if s.kind == "affine":
+            w, b = s.params()
             out.append((w * fold if not out else w, b))
     return out
 
@@ -131,7 +124,7 @@ def profile(
     clean_mask = (
         torch.ones(calib.shape[0], dtype=torch.bool) if clean is None else clean.to(torch.bool)
     )
-    steps = _plan(model)
+    steps = steps_of(model)
     weights = folded_weights(model)
     v = calib.to(torch.float64) * 2.0**-INPUT_FRAC
     shape = model.input_shape
@@ -141,7 +134,8 @@ def profile(
     in_norms: list[float] = []
     inputs: list[torch.Tensor | None] = []
     ai = 0
-    for si, (kind, m) in enumerate(steps):
+    for si, step in enumerate(steps):
+        kind, m = step.kind, step.module
         if kind == "affine":
             w, b = weights[ai]
             if isinstance(m, nn.Conv2d):
@@ -155,8 +149,8 @@ def profile(
                 v = v + b.view(1, -1, *([1] * (v.dim() - 2)))
             shape = op.out_shape
             ops.append(op)
-            is_last = not any(k == "affine" for k, _ in steps[si + 1 :])
-            nxt = next((k for k, _ in steps[si + 1 :] if k != "flatten"), None)
+            is_last = not any(t.kind == "affine" for t in steps[si + 1 :])
+            nxt = next((t.kind for t in steps[si + 1 :] if t.kind != "flatten"), None)
             relus.append(nxt == "relu")
             zs.append(None if is_last else v.to(torch.float32))
             ai += 1
@@ -258,7 +252,8 @@ def float_forward64(model: FloatModel, x_int: torch.Tensor) -> torch.Tensor:
     weights = folded_weights(model)
     v = x_int.to(torch.float64) * 2.0**-INPUT_FRAC
     ai = 0
-    for kind, m in _plan(model):
+    for step in steps_of(model):
+        kind, m = step.kind, step.module
         if kind == "affine":
             w, b = weights[ai]
             if isinstance(m, nn.Conv2d):
@@ -343,6 +338,7 @@ __all__ = [
     "folded_weights",
     "profile",
     "quantized_weight",
+    "steps_of",
     "weight_error",
     "weight_error_data",
     "weight_error_norm",

@@ -26,10 +26,9 @@ from typing import Any
 
 import torch
 
+from qcert.attack.pgd import pgd_float
 from qcert.errors import InputError
-from qcert.layerwise.advtrain import pgd_float
 from qcert.layerwise.build import build_qnetwork
-from qcert.layerwise.floatio import FloatModel
 from qcert.layerwise.metric import (
     LayerProfile,
     act_error,
@@ -41,6 +40,7 @@ from qcert.layerwise.metric import (
     weight_fracs,
 )
 from qcert.quant.convert import from_float
+from qcert.quant.floatmodel import FloatModel
 from qcert.quant.format import FixedPointFormat, Rounding
 from qcert.quant.layers import QRequant
 from qcert.quant.network import QNetwork

@@ -15,20 +15,11 @@ import torch
 from torch import nn
 
 from qcert.errors import FormatError
+from qcert.quant.floatmodel.model import UNIT_INPUT_SCALE
+from qcert.quant.floatmodel.walker import Step, plan
 from qcert.quant.format import MAX_ABS_FRAC, FixedPointFormat, Rounding
 from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLayer, QLinear, QRequant
 from qcert.quant.network import DEFAULT_INPUT_FORMAT, QNetwork
-
-SUPPORTED = "Linear, Conv2d, ReLU, Flatten, AvgPool2d, BatchNorm1d/2d (folded), Dropout, Identity"
-
-
-def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    if isinstance(module, nn.Sequential):
-        out = []
-        for name, child in module.named_children():
-            out += _leaves(child, f"{prefix}{name}.")
-        return out
-    return [(prefix.rstrip("."), module)]
 
 
 def frac_for(max_abs: float, bits: int, signed: bool) -> int:
@@ -57,60 +48,11 @@ def _per_layer(value: int | Sequence[int] | None, default: int, n: int, what: st
     return vals
 
 
-def _fold_bn(w: torch.Tensor, b: torch.Tensor | None, bn: nn.Module) -> tuple[torch.Tensor, ...]:
-    assert isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d)
-    if bn.running_mean is None or bn.running_var is None:
-        raise FormatError("batch norm without running statistics cannot be folded")
-    gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(bn.running_mean).double()
-    beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(bn.running_mean).double()
-    s = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
-    b0 = b if b is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-    w = w * s.view(-1, *([1] * (w.dim() - 1)))
-    return w, (b0 - bn.running_mean.double()) * s + beta
-
-
-def _plan(module: nn.Module) -> list[tuple[str, str, dict]]:
-    """Normalise the float module to steps: ('affine', name, {...}), ('relu'|'flatten'|'pool', ...)."""
-    steps: list[tuple[str, str, dict]] = []
-    for i, (name, m) in enumerate(_leaves(module)):
-        label = f"layer {i} ({name}: {type(m).__name__})"
-        if isinstance(m, nn.Linear | nn.Conv2d):
-            if isinstance(m, nn.Conv2d):
-                if m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros":
-                    raise FormatError(f"{label}: only groups=1, dilation=1, zero padding supported")
-                if isinstance(m.padding, str):
-                    raise FormatError(f"{label}: string padding {m.padding!r} not supported")
-            w = m.weight.detach().double()
-            b = None if m.bias is None else m.bias.detach().double()
-            steps.append(("affine", label, {"module": m, "w": w, "b": b}))
-        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-            if not steps or steps[-1][0] != "affine":
-                raise FormatError(f"{label}: batch norm must directly follow a Linear or Conv2d")
-            d = steps[-1][2]
-            d["w"], d["b"] = _fold_bn(d["w"], d["b"], m)
-        elif isinstance(m, nn.ReLU):
-            steps.append(("relu", label, {}))
-        elif isinstance(m, nn.Flatten):
-            if m.start_dim != 1 or m.end_dim != -1:
-                raise FormatError(f"{label}: only Flatten(start_dim=1, end_dim=-1) is supported")
-            steps.append(("flatten", label, {}))
-        elif isinstance(m, nn.AvgPool2d):
-            if m.padding not in (0, (0, 0)) or m.ceil_mode or m.divisor_override is not None:
-                raise FormatError(f"{label}: only AvgPool2d without padding or ceil_mode supported")
-            steps.append(("pool", label, {"kernel": m.kernel_size, "stride": m.stride}))
-        elif isinstance(m, nn.Dropout | nn.Identity):
-            continue
-        else:
-            raise FormatError(f"{label} is not supported; from_float converts {SUPPORTED}")
-    if not any(kind == "affine" for kind, _, _ in steps):
-        raise FormatError("the module has no Linear or Conv2d layer")
-    return steps
-
-
-def _count_requants(steps: list[tuple[str, str, dict]], nonneg_input: bool) -> int:
+def _count_requants(steps: list[Step], nonneg_input: bool) -> int:
     """How many requantizations :func:`from_float` inserts (same state machine, no tensors)."""
     state, n = ("nonneg" if nonneg_input else "bounded"), 0
-    for kind, _, _ in steps:
+    for s in steps:
+        kind = s.kind
         if kind == "affine":
             n += state == "acc"
             state = "acc"
@@ -128,13 +70,14 @@ def from_float(
     weight_bits: int | Sequence[int] | None = None,
     act_bits: int | Sequence[int] | None = None,
     bias_bits: int = 32,
-    input_scale: float = 1.0 / 255.0,
+    input_scale: float = UNIT_INPUT_SCALE,
     input_format: FixedPointFormat = DEFAULT_INPUT_FORMAT,
     rounding: Rounding | str = Rounding.HALF_UP,
     percentile: float | None = None,
     classes: Sequence[str] | None = None,
 ) -> QNetwork:
-    """Convert a float ``nn.Sequential`` of Linear/Conv2d/ReLU/Flatten/AvgPool2d to a QNetwork.
+    """Convert a float ``nn.Sequential`` (the layer set of :mod:`qcert.quant.floatmodel.walker`)
+    to a QNetwork.
 
     Args:
         module: the float network; it is given inputs ``x_int * input_scale``.
@@ -143,7 +86,9 @@ def from_float(
         bits: default bit width of weights and activations.
         weight_bits / act_bits: per-layer widths (one per affine layer / per requantization).
         bias_bits: bias width; biases sit at the accumulator's scale when they fit.
-        input_scale: how the float model scaled integer inputs (``1/255`` for ``x/255``).
+        input_scale: how the float model scaled integer inputs: ``UNIT_INPUT_SCALE`` (``x/255``,
+            the default) or ``FLOAT_INPUT_SCALE`` (``x/256``, qcert's own float models); see
+            :mod:`qcert.quant.floatmodel.model`.
         input_format: the integer input's format (default uint8 with 8 fractional bits).
         rounding: requantization rounding rule.
         percentile: clip activation ranges at this percentile (e.g. 99.99) instead of the max.
@@ -154,8 +99,8 @@ def from_float(
     the logits. Unsupported layers raise :class:`FormatError` naming the layer.
     """
     module = module.eval()
-    steps = _plan(module)
-    n_affine = sum(1 for k, _, _ in steps if k == "affine")
+    steps = plan(module)
+    n_affine = sum(1 for s in steps if s.kind == "affine")
     n_requant = _count_requants(steps, input_format.qmin >= 0)
     wbits = _per_layer(weight_bits, bits, n_affine, "weight_bits")
     abits = _per_layer(act_bits, bits, n_requant, "act_bits")
@@ -198,11 +143,12 @@ def from_float(
             raise FormatError(f"{label}: {e}") from None
         ri += 1
 
-    for kind, label, d in steps:
+    for step in steps:
+        kind, label, m = step.kind, step.label, step.module
         if kind == "affine":
             if state == "acc":
                 requant(True, label)
-            w, b = d["w"], d["b"]
+            w, b = step.params()
             if first_affine:
                 w = w * fold
                 first_affine = False
@@ -213,7 +159,6 @@ def from_float(
                 bf = FixedPointFormat(
                     bias_bits, True, min(acc_frac, frac_for(float(b.abs().max()), bias_bits, True))
                 )
-            m = d["module"]
             try:
                 if isinstance(m, nn.Linear):
                     layer: QLayer = QLinear(w, b, wf, bf)
@@ -230,8 +175,9 @@ def from_float(
         elif kind == "flatten":
             add(QFlatten())
         else:
+            assert isinstance(m, nn.AvgPool2d)
             try:
-                add(QAvgPool2d(d["kernel"], d["stride"]))
+                add(QAvgPool2d(m.kernel_size, m.stride))  # type: ignore[arg-type]
             except FormatError as e:
                 raise FormatError(f"{label}: {e}") from None
     return QNetwork(layers, input_shape, input_format, classes=classes)

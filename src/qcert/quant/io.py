@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from qcert.errors import FormatError, ModelFileError
+from qcert.quant.files import read_bytes, read_safetensors, write_atomic
 from qcert.quant.format import FixedPointFormat, Rounding, smallest_int_dtype
 from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLayer, QLinear, QRequant
 from qcert.quant.network import QNetwork
@@ -64,67 +63,12 @@ def model_to_bytes(net: QNetwork) -> bytes:
 
 def save_model(net: QNetwork, path: str | os.PathLike[str]) -> None:
     """Write ``net`` to a ``.qnn`` file (atomically: a partial file never replaces a good one)."""
-    data = model_to_bytes(net)
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_atomic(path, model_to_bytes(net))
 
 
 def load_model(path: str | os.PathLike[str]) -> QNetwork:
     """Read a ``.qnn`` file. Raises :class:`ModelFileError` naming the problem for a malformed file."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such model file") from None
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot read model file ({e.strerror})") from None
-    return model_from_bytes(raw, name=path)
-
-
-def _read_container(raw: bytes, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    if len(raw) < 8:
-        raise ModelFileError(f"{name}: truncated file ({len(raw)} bytes): not a safetensors file")
-    n = int.from_bytes(raw[:8], "little")
-    if n > len(raw) - 8:
-        raise ModelFileError(
-            f"{name}: truncated file: header says {n} bytes of JSON, only {len(raw) - 8} follow"
-        )
-    try:
-        st_header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{name}: the safetensors header is not valid JSON ({e})") from None
-    if not isinstance(st_header, dict):
-        raise ModelFileError(f"{name}: the safetensors header is not a JSON object")
-    meta = st_header.get("__metadata__") or {}
-    if not isinstance(meta, dict) or METADATA_KEY not in meta:
-        raise ModelFileError(
-            f"{name}: no qcert header: the safetensors metadata has no '{METADATA_KEY}' entry"
-        )
-    try:
-        header = json.loads(meta[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{name}: the qcert header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{name}: the qcert header is not a JSON object")
-    ends = [
-        v.get("data_offsets", [0, 0])[1]
-        for k, v in st_header.items()
-        if k != "__metadata__" and isinstance(v, dict)
-    ]
-    if ends and max(ends) > len(raw) - 8 - n:
-        raise ModelFileError(
-            f"{name}: truncated file: tensor data needs {max(ends)} bytes, "
-            f"only {len(raw) - 8 - n} present"
-        )
-    try:
-        tensors = st_load(raw)
-    except (SafetensorError, ValueError, TypeError) as e:
-        raise ModelFileError(f"{name}: malformed safetensors data ({e})") from None
-    return header, tensors
+    return model_from_bytes(read_bytes(path, "model file"), name=os.fspath(path))
 
 
 def _get(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
@@ -258,5 +202,5 @@ def network_from(header: dict[str, Any], tensors: dict[str, np.ndarray], name: s
 
 def model_from_bytes(raw: bytes, name: str = "<bytes>") -> QNetwork:
     """Parse the bytes of a ``.qnn`` file."""
-    header, tensors = _read_container(raw, name)
+    header, tensors = read_safetensors(raw, name, METADATA_KEY, "qcert model file")
     return network_from(header, tensors, name)

@@ -20,14 +20,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from qcert.errors import InputError  # noqa: E402
 from qcert.report.results import (  # noqa: E402
-    VERDICTS,
     SmoothingRun,
     TrainingRun,
     VerifyRun,
     read_result,
 )
-
-RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+from qcert.runs import RADII, VERDICTS, check_output_folder  # noqa: E402
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> bool:
@@ -113,6 +111,7 @@ def build_report(results: Sequence[str | Path], out: str | Path) -> Path:
     """Read the result files, write PNG plots and ``index.html`` into ``out``; return the page."""
     if not results:
         raise InputError("no result files given")
+    check_output_folder(out, inputs=results)
     runs = [read_result(r) for r in results]
     verify = [r for r in runs if isinstance(r, VerifyRun)]
     smoothing = [r for r in runs if isinstance(r, SmoothingRun)]

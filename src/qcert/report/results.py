@@ -7,7 +7,6 @@ reader takes them from the file name (``eps4``, ``sigma0.25``, ``int`` / ``float
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -16,27 +15,50 @@ from pathlib import Path
 from typing import Any
 
 from qcert.errors import InputError
+from qcert.runs import (
+    SMOOTHING,
+    TSV_COLUMNS,
+    VERDICTS,
+    VERIFY,
+    abstain_rate,
+    certified_accuracy,
+    read_records,
+)
 
-VERDICTS = ("robust", "vulnerable", "timeout", "misclassified")
-TSV_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time"]
+__all__ = ["TSV_COLUMNS", "VERDICTS", "SmoothingRun", "TrainingRun", "VerifyRun", "read_result"]
 
 
 @dataclass
-class VerifyRun:
-    """One `qcert verify --out` JSONL file."""
+class _Records:
+    """A dataset run's result file: its path, the model's name and its records (their schema:
+    ``qcert.runs.records``); ``seconds`` reads the field named by ``TIME``."""
 
+    TIME = "seconds"
     path: Path
     model: str
-    eps: float | None
-    verdicts: list[str]
-    seconds: list[float]
+    records: list[dict[str, Any]]
 
     @property
     def n(self) -> int:
-        return len(self.verdicts)
+        return len(self.records)
+
+    @property
+    def seconds(self) -> list[float]:
+        return [float(r[self.TIME]) for r in self.records]
+
+
+@dataclass
+class VerifyRun(_Records):
+    """One `qcert verify --out` JSONL file."""
+
+    eps: float | None = None
+
+    @property
+    def verdicts(self) -> list[str]:
+        return [r["verdict"] for r in self.records]
 
     def count(self, verdict: str) -> int:
-        return sum(v == verdict for v in self.verdicts)
+        return self.verdicts.count(verdict)
 
     @property
     def certified_acc(self) -> float:
@@ -44,31 +66,25 @@ class VerifyRun:
 
 
 @dataclass
-class SmoothingRun:
-    """One `qcert smooth certify --out` TSV file (Cohen et al.'s columns)."""
+class SmoothingRun(_Records):
+    """One `qcert smooth certify --out` TSV file (Cohen et al.'s columns); a non-finite radius
+    reads as 0."""
 
-    path: Path
-    model: str
-    sigma: float | None
-    arith: str
-    radius: list[float]  # -1 / abstain rows have radius 0 and correct 0
-    correct: list[int]
-    predict: list[int]
-    seconds: list[float]
+    TIME = "time"
+    sigma: float | None = None
+    arith: str = "int"
 
     @property
-    def n(self) -> int:
-        return len(self.radius)
+    def radius(self) -> list[float]:
+        return [r["radius"] for r in self.records]
 
     def certified_acc(self, r: float) -> float:
         """Share of samples predicted correctly with certified radius ≥ r (Cohen's definition)."""
-        if not self.n:
-            return 0.0
-        return sum(c == 1 and rad >= r for c, rad in zip(self.correct, self.radius)) / self.n
+        return certified_accuracy(self.records, r)
 
     @property
     def abstain_rate(self) -> float:
-        return sum(p == -1 for p in self.predict) / self.n if self.n else 0.0
+        return abstain_rate(self.records)
 
 
 @dataclass
@@ -95,55 +111,32 @@ def _model_name(path: Path) -> str:
 
 
 def read_verify(path: Path) -> VerifyRun:
-    verdicts, seconds, eps, model = [], [], None, None
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                verdict = rec["verdict"]
-                secs = float(rec["seconds"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise InputError(f"{path}:{lineno}: not a verify result line ({e})") from None
-            if verdict not in VERDICTS:
-                raise InputError(f"{path}:{lineno}: unknown verdict {verdict!r}")
-            verdicts.append(verdict)
-            seconds.append(secs)
-            eps = rec.get("eps", eps)
-            model = rec.get("model", model)
+    records = read_records(path, VERIFY)
+    eps = next((r["eps"] for r in reversed(records) if "eps" in r), None)
+    model = next((r["model"] for r in reversed(records) if "model" in r), None)
     if eps is None:
         eps = _name_number(path, "eps")
-    return VerifyRun(path, str(model or _model_name(path)), eps, verdicts, seconds)
+    return VerifyRun(path, str(model or _model_name(path)), records, eps)
 
 
 def read_smoothing(path: Path) -> SmoothingRun:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
-    if not rows or [c.strip() for c in rows[0]] != TSV_COLUMNS:
-        raise InputError(f"{path}: expected a TSV with columns {' '.join(TSV_COLUMNS)}")
-    radius, correct, predict, seconds = [], [], [], []
-    for lineno, row in enumerate(rows[1:], 2):
-        if not row:
-            continue
-        try:
-            _, _, p, r, c, t = row[:6]
-            predict.append(int(p))
-            rad = float(r)
-            radius.append(rad if math.isfinite(rad) else 0.0)
-            correct.append(int(c))
-            seconds.append(float(t))
-        except ValueError as e:
-            raise InputError(f"{path}:{lineno}: malformed row ({e})") from None
+    rows = read_records(path, SMOOTHING)
+    for row in rows:
+        row["radius"] = row["radius"] if math.isfinite(row["radius"]) else 0.0
     name = path.name.lower()
     arith = "float" if "float" in name else "int"
     sidecar = path.with_suffix(path.suffix + ".json")
     sigma = _name_number(path, "sigma")
     if sidecar.exists():
-        meta = json.loads(sidecar.read_text())
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"{sidecar}: not a JSON summary ({e})") from None
+        if not isinstance(meta, dict):
+            raise InputError(f"{sidecar}: not a JSON summary")
         sigma = meta.get("sigma", sigma)
         arith = meta.get("arith", arith)
-    return SmoothingRun(path, _model_name(path), sigma, arith, radius, correct, predict, seconds)
+    return SmoothingRun(path, _model_name(path), rows, sigma, arith)
 
 
 def read_training(path: Path) -> TrainingRun:

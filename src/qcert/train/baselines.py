@@ -7,21 +7,29 @@ its float IBP certificate is about the float network, not the integer one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from qcert.bounds.ibp import float_ibp_bounds
+from qcert.bounds.ibp import IBPBounds, float_ibp_bounds
+from qcert.data import IntDataset
 from qcert.quant.convert import from_float
+from qcert.quant.floatmodel import FLOAT_INPUT_SCALE, build_float, plan
 from qcert.quant.network import QNetwork
-from qcert.train.archs import ARCHS, build_float, layer_bits
-from qcert.train.base import ScheduleValues, StepStats, TrainMethod
-from qcert.train.losses import robust_loss, width_penalty
+from qcert.train.archs import layer_bits
+from qcert.train.base import (
+    BoundedMethod,
+    ScheduleValues,
+    StepStats,
+    TrainMethod,
+    cross_entropy_step,
+)
+from qcert.train.evaluate import float_ibp_transfer
 
-__all__ = ["FLOAT_INPUT_SCALE", "FloatIBPMethod", "FloatMethod"]
+__all__ = ["FloatIBPMethod", "FloatMethod"]
 
-#: the float models see ``pixel / 256``: the same real values as the QNetwork's uint8 frac-8 input
-FLOAT_INPUT_SCALE = 1.0 / 256.0
 INPUT_MAX = 255.0
 
 
@@ -29,6 +37,7 @@ class FloatMethod(TrainMethod):
     """Float training (cross-entropy), then post-training quantization."""
 
     name = "float"
+    trains_float = True
 
     def build(self) -> nn.Sequential:
         c = self.config
@@ -37,14 +46,11 @@ class FloatMethod(TrainMethod):
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, sv: ScheduleValues
     ) -> tuple[torch.Tensor, StepStats]:
-        logits = self.model(x * FLOAT_INPUT_SCALE)
-        loss = F.cross_entropy(logits, y)
-        correct = int((logits.detach().argmax(1) == y).sum())
-        return loss, StepStats(float(loss.detach()), int(y.numel()), correct, None)
+        return cross_entropy_step(self.model(x * FLOAT_INPUT_SCALE), y)
 
     def export(self, calibration: torch.Tensor) -> QNetwork:
         c = self.config
-        n_affine = ARCHS[c.arch].num_affine
+        n_affine = sum(1 for s in plan(self.model) if s.kind == "affine")
         wbits = layer_bits(c.bits, n_affine)
         net = from_float(
             self.model,
@@ -59,28 +65,39 @@ class FloatMethod(TrainMethod):
         self.model.train()
         return net
 
+    def evaluate(self, saved: Any, test: IntDataset, log: Callable[[str], None]) -> dict[str, Any]:
+        """The integer network's metrics, and ``float_ibp``: what float IBP certifies for the
+        float model and what is left of it after post-training quantization."""
+        c = self.config
+        ev, flags, attacked = self.evaluate_integer(saved, test, log)
+        log("float IBP certificates of the float model and what is left of them after PTQ")
+        x = saved.check_input(test.images.reshape(test.images.shape[0], *saved.input_shape))
+        ev["float_ibp"] = float_ibp_transfer(
+            self.model,
+            saved,
+            x,
+            test.labels,
+            c.eval_radii(),
+            flags,
+            FLOAT_INPUT_SCALE,
+            c.pgd_steps,
+            c.pgd_restarts,
+            c.seed,
+            attacked=None if attacked is None else {str(self.pgd_eps): attacked},
+            pgd_n=c.pgd_n,
+        )
+        return ev
 
-class FloatIBPMethod(FloatMethod):
+
+class FloatIBPMethod(BoundedMethod, FloatMethod):
     """Float IBP certified training (same loss and schedule as QA-IBP, float bounds), then PTQ."""
 
     name = "float-ibp"
 
-    def loss(
+    def bounds(
         self, x: torch.Tensor, y: torch.Tensor, sv: ScheduleValues
-    ) -> tuple[torch.Tensor, StepStats]:
-        if sv.warmup or (sv.eps <= 0 and sv.kappa <= 0 and sv.lam <= 0):
-            return super().loss(x, y, sv)
-        c = self.config
+    ) -> tuple[torch.Tensor, IBPBounds]:
         s = FLOAT_INPUT_SCALE
-        logits = self.model(x * s)
-        ce = F.cross_entropy(logits, y)
-        ok = logits.detach().argmax(1) == y
         lo = (x - sv.eps).clamp(0.0, INPUT_MAX) * s
         hi = (x + sv.eps).clamp(0.0, INPUT_MAX) * s
-        b = float_ibp_bounds(self.model, lo, hi, y)
-        rob = robust_loss(
-            c.robust_loss, b.margin_lb, y, ok if c.only_correct else None, c.hinge_margin
-        )
-        loss = ce + sv.kappa * rob + sv.lam * width_penalty(b.widths)
-        cert = int((b.certified(y) & ok).sum())
-        return loss, StepStats(float(loss.detach()), int(y.numel()), int(ok.sum()), cert)
+        return self.model(x * s), float_ibp_bounds(self.model, lo, hi, y)

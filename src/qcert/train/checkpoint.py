@@ -1,8 +1,8 @@
 """Training checkpoints: one safetensors file ``DIR/checkpoint.safetensors`` holding the model's
 parameters (``model.<name>``) and the optimizer's state tensors (``optim.<param>.<key>``), with
 everything else (config, epoch, step, elapsed seconds, history, optimizer hyper-parameters) as JSON
-in the file's metadata. Written atomically (temporary file + ``os.replace``); loading never
-unpickles.
+in the file's metadata. Written atomically (:func:`qcert.quant.files.write_atomic`); loading
+never unpickles.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from qcert.errors import ModelFileError
+from qcert.quant.files import write_atomic
 
 __all__ = ["CHECKPOINT_NAME", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -67,10 +68,7 @@ def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint) -> None:
         "history": ckpt.history,
         "optimizer": opt_meta,
     }
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file(tensors, tmp, metadata={"qcert": json.dumps(meta)})
-    os.replace(tmp, path)
+    write_atomic(path, save(tensors, metadata={"qcert": json.dumps(meta)}))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:

@@ -1,40 +1,45 @@
-"""The training loop behind ``qcert train``: :func:`train` runs one :class:`TrainConfig` end to
-end (data, schedule, checkpoints every epoch, resume, time budget, evaluation, outputs).
+"""The training loop behind ``qcert train``, shared by every method: :func:`train` runs one
+:class:`TrainConfig` end to end (data, schedule, checkpoints every epoch, resume, time budget,
+evaluation, outputs); the method (:class:`~qcert.train.base.TrainMethod`) supplies the model, the
+loss, what is saved and how it is evaluated.
 
-Outputs in ``config.out``: ``model.qnn`` (the integer network, :func:`qcert.save_model`),
-``metrics.json`` (clean / exact-certified / PGD accuracy and the run's details) and
-``checkpoint.safetensors`` (see :mod:`qcert.train.checkpoint`). ``model.qnn`` and the checkpoint
-are rewritten after every finished epoch, so an interrupted run (Ctrl-C) leaves both at its last
-finished epoch; ``resume=True`` continues from the checkpoint.
+Outputs in ``config.out``: the model file (``model.qnn``, the integer network,
+:func:`qcert.save_model`; ``float.safetensors`` for ``pgd``), ``metrics.json`` (the method's
+evaluation and the run's details) and ``checkpoint.safetensors`` (see
+:mod:`qcert.train.checkpoint`). The model file and the checkpoint are rewritten after every
+finished epoch, so an interrupted run (Ctrl-C) leaves both at its last finished epoch;
+``resume=True`` continues from the checkpoint. A time budget stops the run after the step that
+uses it up (at least one step per run).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from qcert.data import load
-from qcert.quant.io import save_model
+from qcert.errors import ConfigError
+from qcert.quant.files import write_atomic
+from qcert.quant.floatmodel import FloatModel
 from qcert.quant.network import QNetwork
-from qcert.train.archs import ConfigError
-from qcert.train.base import ScheduleValues, TrainMethod
-from qcert.train.baselines import FLOAT_INPUT_SCALE, FloatIBPMethod, FloatMethod
+from qcert.train.base import MODEL_NAME, ScheduleValues, TrainMethod
+from qcert.train.baselines import FloatIBPMethod, FloatMethod
 from qcert.train.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
-from qcert.train.config import TrainConfig
+from qcert.train.config import CUSTOM_ARCH, TrainConfig
 from qcert.train.data import epoch_batches, epoch_generator, pad_and_crop
-from qcert.train.evaluate import evaluate_network, float_ibp_transfer
+from qcert.train.pgd import PGDMethod
 from qcert.train.qaibp import NoiseMethod, QAIBPMethod, QATMethod
 from qcert.train.schedules import RampSchedule, progress_of
 
-__all__ = ["METHOD_CLASSES", "TrainResult", "make_method", "train"]
+__all__ = ["METHOD_CLASSES", "TrainResult", "make_method", "resume_conflicts", "train"]
 
 METHOD_CLASSES: dict[str, type[TrainMethod]] = {
     "qa-ibp": QAIBPMethod,
@@ -42,6 +47,7 @@ METHOD_CLASSES: dict[str, type[TrainMethod]] = {
     "float": FloatMethod,
     "float-ibp": FloatIBPMethod,
     "noise": NoiseMethod,
+    "pgd": PGDMethod,
 }
 
 #: fields that define the trajectory of a run: a resumed run must use the checkpoint's values
@@ -65,25 +71,35 @@ RESUME_FIXED = (
     "hinge_margin",
     "only_correct",
     "augment",
+    "pgd_train_steps",
+    "pgd_step_size",
 )
 
-MODEL_NAME = "model.qnn"
 METRICS_NAME = "metrics.json"
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` produced: the integer network, its metrics and where they were written."""
+    """What :func:`train` produced: the saved model (the integer network; a float model for
+    ``pgd``), its metrics and where they were written."""
 
-    net: QNetwork
+    model: QNetwork | FloatModel
     metrics: dict[str, Any]
     out: Path
     config: TrainConfig
     history: list[dict[str, Any]] = field(default_factory=list)
+    model_name: str = MODEL_NAME
+
+    @property
+    def net(self) -> QNetwork:
+        """The integer network (every method but ``pgd``)."""
+        if not isinstance(self.model, QNetwork):
+            raise AttributeError(f"a {self.config.method} run saves a float model: use .model")
+        return self.model
 
     @property
     def model_path(self) -> Path:
-        return self.out / MODEL_NAME
+        return self.out / self.model_name
 
     @property
     def metrics_path(self) -> Path:
@@ -91,31 +107,39 @@ class TrainResult:
 
 
 def make_method(
-    config: TrainConfig, input_shape: tuple[int, ...], num_classes: int, classes: list[str]
+    config: TrainConfig,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    classes: list[str],
+    module: nn.Module | None = None,
 ) -> TrainMethod:
-    return METHOD_CLASSES[config.method](config, input_shape, num_classes, classes)
+    return METHOD_CLASSES[config.method](config, input_shape, num_classes, classes, module)
 
 
-def _schedule_values(cfg: TrainConfig, sched: RampSchedule, p: float) -> ScheduleValues:
+def _schedule_values(
+    cfg: TrainConfig, method: TrainMethod, sched: RampSchedule, p: float
+) -> ScheduleValues:
     f = sched.ramp_factor(p)
-    robust = cfg.method in ("qa-ibp", "float-ibp") and cfg.eps > 0
-    eps_final = cfg.eps + cfg.eps_margin if robust else 0.0
+    robust = method.robust and cfg.eps > 0
+    bounded = robust and method.bounded
+    eps_final = (cfg.eps + (cfg.eps_margin if bounded else 0.0)) if robust else 0.0
     return ScheduleValues(
         eps=f * eps_final,
-        kappa=f * cfg.kappa if robust else 0.0,
-        lam=f * cfg.lam if robust else 0.0,
+        kappa=f * cfg.kappa if bounded else 0.0,
+        lam=f * cfg.lam if bounded else 0.0,
         warmup=sched.in_warmup(p) or not robust,
     )
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+def resume_conflicts(cfg: TrainConfig, saved: dict[str, Any]) -> list[str]:
+    """The settings that define a run's trajectory and differ between ``cfg`` and a checkpoint's
+    config ``saved`` (a key the checkpoint predates counts as its default)."""
+    default = {f.name: f.default for f in fields(TrainConfig)}
+    return [k for k in RESUME_FIXED if saved.get(k, default[k]) != getattr(cfg, k)]
 
 
 def _check_resume(cfg: TrainConfig, saved: dict[str, Any]) -> None:
-    diff = [k for k in RESUME_FIXED if saved.get(k) != getattr(cfg, k)]
+    diff = resume_conflicts(cfg, saved)
     if diff:
         detail = ", ".join(
             f"{k}: checkpoint {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in diff
@@ -131,15 +155,23 @@ def train(
     config: TrainConfig,
     progress: bool | None = False,
     log: Callable[[str], None] | None = None,
+    *,
+    module: nn.Module | None = None,
 ) -> TrainResult:
     """Train, evaluate and save one model as ``config`` says; return the result.
 
     ``progress`` shows a rich progress bar (``None``: only on a terminal); ``log`` receives
-    one-line status messages. Raises :class:`~qcert.errors.QcertError` subclasses for a bad
-    configuration, missing data or an unreadable checkpoint. A ``KeyboardInterrupt`` propagates
-    after the last finished epoch's checkpoint and ``model.qnn`` are on disk.
+    one-line status messages; ``module``: a float ``nn.Sequential`` to train instead of building
+    ``config.arch`` (float methods, with ``arch="custom"``). Raises
+    :class:`~qcert.errors.QcertError` subclasses for a bad configuration, missing data or an
+    unreadable checkpoint. A ``KeyboardInterrupt`` propagates after the last finished epoch's
+    checkpoint and model file are on disk.
     """
-    cfg = config.validate()
+    cfg = config.validate(custom=module is not None)
+    if module is not None and not (
+        METHOD_CLASSES[cfg.method].trains_float and cfg.arch == CUSTOM_ARCH
+    ):
+        raise ConfigError(f"a given module is trained by a float method with arch {CUSTOM_ARCH!r}")
     say = log or (lambda _msg: None)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -164,7 +196,7 @@ def train(
     if y_all.numel() == 0:
         raise ConfigError(f"dataset {cfg.dataset} has no training samples")
     torch.manual_seed(cfg.seed)
-    method = make_method(cfg, input_shape, num_classes, list(train_ds.classes))
+    method = make_method(cfg, input_shape, num_classes, list(train_ds.classes), module)
     model = method.model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     n = x_all.shape[0]
@@ -216,19 +248,13 @@ def train(
     ):
         model.train()
         while epoch < cfg.epochs and stopped == "completed":
-            if budget_s is not None and progress_now() >= 1.0:
-                stopped = "time budget"
-                break
             batches, _ = epoch_batches(n, cfg.batch_size, cfg.seed, epoch)
             sums = {"loss": 0.0, "n": 0, "correct": 0, "cert": 0, "cert_n": 0}
-            sv = _schedule_values(cfg, sched, progress_now())
+            sv = _schedule_values(cfg, method, sched, progress_now())
+            end = len(batches)
             for s in range(step_in_epoch, len(batches)):
                 p = progress_now()
-                if budget_s is not None and p >= 1.0:
-                    stopped = "time budget"
-                    step_in_epoch = s
-                    break
-                sv = _schedule_values(cfg, sched, p)
+                sv = _schedule_values(cfg, method, sched, p)
                 for g in opt.param_groups:
                     g["lr"] = cfg.learning_rate * sched.lr_factor(p)
                 idx = batches[s]
@@ -258,6 +284,10 @@ def train(
                             f"ε {sv.eps:.2f}"
                         ),
                     )
+                if budget_s is not None and progress_now() >= 1.0:
+                    stopped, end = "time budget", s + 1  # stop after the step that used it up
+                    break
+            finished = end == len(batches)
             if sums["n"] > 0:
                 history.append(
                     {
@@ -270,17 +300,15 @@ def train(
                         "kappa": sv.kappa,
                         "lr": opt.param_groups[0]["lr"],
                         "seconds": round(seconds(), 2),
-                        "partial": stopped != "completed",
+                        "partial": not finished,
                     }
                 )
+            epoch, step_in_epoch = (epoch + 1, 0) if finished else (epoch, end)
+            method.save(out, calib)
+            checkpoint(epoch, step_in_epoch)
             if stopped != "completed":
-                checkpoint(epoch, step_in_epoch)
-                save_model(method.export(calib), out / MODEL_NAME)
-                say(f"time budget reached in epoch {epoch + 1} at step {step_in_epoch}")
+                say(f"time budget reached after {global_step} steps ({seconds():.0f} s)")
                 break
-            epoch, step_in_epoch = epoch + 1, 0
-            save_model(method.export(calib), out / MODEL_NAME)
-            checkpoint(epoch, 0)
             h = history[-1] if history else {}
             cert_txt = "-" if h.get("train_cert") is None else f"{h['train_cert']:.4f}"
             say(
@@ -291,62 +319,23 @@ def train(
     train_seconds = seconds()
 
     model.eval()
-    net = method.export(calib)
-    save_model(net, out / MODEL_NAME)
-    x_test = test_ds.images.reshape(test_ds.images.shape[0], *net.input_shape)
-    y_test = test_ds.labels
-    radii = cfg.eval_radii()
+    saved = method.save(out, calib)
     t_eval = time.perf_counter()
-    pgd_eps = cfg.eps if cfg.eps > 0 else 1
-    ev = evaluate_network(
-        net,
-        x_test,
-        y_test,
-        radii,
-        pgd_eps,
-        cfg.pgd_steps,
-        cfg.pgd_restarts,
-        cfg.seed,
-        log=say,
-        pgd_n=cfg.pgd_n,
-    )
-    flags = ev.pop("certified_flags")
-    attacked = ev.pop("attacked_flags")
     metrics: dict[str, Any] = {
         "method": cfg.method,
         "arch": cfg.arch,
         "dataset": cfg.dataset,
         "eps": cfg.eps,
-        **ev,
+        **method.evaluate(saved, test_ds, say),
+        "seconds": round(train_seconds, 2),
+        "eval_seconds": round(time.perf_counter() - t_eval, 2),
+        "epochs": len([h for h in history if not h["partial"]]),
+        "steps": global_step,
+        "stopped": method.stopped_words.get(stopped, stopped),
+        "n_train": int(n),
+        "config": cfg.to_dict(),
+        "history": history,
+        "model": str(out / method.output_name),
     }
-    if isinstance(method, FloatIBPMethod) or cfg.method == "float":
-        say("float IBP certificates of the float model and what is left of them after PTQ")
-        metrics["float_ibp"] = float_ibp_transfer(
-            method.model,
-            net,
-            net.check_input(x_test),
-            y_test,
-            radii,
-            flags,
-            FLOAT_INPUT_SCALE,
-            cfg.pgd_steps,
-            cfg.pgd_restarts,
-            cfg.seed,
-            attacked=None if attacked is None else {str(pgd_eps): attacked},
-            pgd_n=cfg.pgd_n,
-        )
-    metrics.update(
-        {
-            "seconds": round(train_seconds, 2),
-            "eval_seconds": round(time.perf_counter() - t_eval, 2),
-            "epochs": len([h for h in history if not h["partial"]]),
-            "steps": global_step,
-            "stopped": stopped,
-            "n_train": int(n),
-            "config": cfg.to_dict(),
-            "history": history,
-            "model": str(out / MODEL_NAME),
-        }
-    )
-    _write_json(out / METRICS_NAME, metrics)
-    return TrainResult(net, metrics, out, cfg, history)
+    write_atomic(out / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
+    return TrainResult(saved, metrics, out, cfg, history, method.output_name)

@@ -8,13 +8,17 @@ interval width, where LB are the training-mode QA-IBP lower bounds of ``z_y - z_
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from qcert.bounds.ibp import qaibp_bounds
-from qcert.quant.network import QNetwork, argmax_first
+from qcert.bounds.ibp import IBPBounds, qaibp_bounds
+from qcert.quant.network import QNetwork
 from qcert.train.archs import build_qnetwork
-from qcert.train.base import ScheduleValues, StepStats, TrainMethod
-from qcert.train.losses import robust_loss, width_penalty
+from qcert.train.base import (
+    BoundedMethod,
+    ScheduleValues,
+    StepStats,
+    TrainMethod,
+    cross_entropy_step,
+)
 
 __all__ = ["NoiseMethod", "QAIBPMethod", "QATMethod"]
 
@@ -38,10 +42,7 @@ class QATMethod(TrainMethod):
     def loss(
         self, x: torch.Tensor, y: torch.Tensor, sv: ScheduleValues
     ) -> tuple[torch.Tensor, StepStats]:
-        logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
-        correct = int((argmax_first(logits.detach()) == y).sum())
-        return loss, StepStats(float(loss.detach()), int(y.numel()), correct, None)
+        return cross_entropy_step(self.net(x), y)
 
     def export(self, calibration: torch.Tensor) -> QNetwork:
         net = self.net
@@ -49,28 +50,16 @@ class QATMethod(TrainMethod):
         return net
 
 
-class QAIBPMethod(QATMethod):
+class QAIBPMethod(BoundedMethod, QATMethod):
     """QA-IBP certified training (warm-up: plain QAT)."""
 
     name = "qa-ibp"
 
-    def loss(
+    def bounds(
         self, x: torch.Tensor, y: torch.Tensor, sv: ScheduleValues
-    ) -> tuple[torch.Tensor, StepStats]:
-        if sv.warmup or (sv.eps <= 0 and sv.kappa <= 0 and sv.lam <= 0):
-            return super().loss(x, y, sv)
-        c = self.config
+    ) -> tuple[torch.Tensor, IBPBounds]:
         net = self.net
-        logits = net(x)
-        ce = F.cross_entropy(logits, y)
-        ok = argmax_first(logits.detach()) == y
-        b = qaibp_bounds(net, x - sv.eps, x + sv.eps, y)
-        rob = robust_loss(
-            c.robust_loss, b.margin_lb, y, ok if c.only_correct else None, c.hinge_margin
-        )
-        loss = ce + sv.kappa * rob + sv.lam * width_penalty(b.widths)
-        cert = int((b.certified(y) & ok).sum())
-        return loss, StepStats(float(loss.detach()), int(y.numel()), int(ok.sum()), cert)
+        return net(x), qaibp_bounds(net, x - sv.eps, x + sv.eps, y)
 
 
 class NoiseMethod(QATMethod):

@@ -6,18 +6,23 @@ VNN-LIB properties.
 >>> res = verify_sample(net, x, label, eps=1, timeout=20.0)      # method="bab" or "milp"
 >>> res.verdict, res.counterexample
 >>> summary = verify_dataset(net, images, labels, eps=1, out="verify.jsonl")
+>>> q = verify_query(net, lo, hi, spec, method="bab+milp")       # any box and output spec
+
+Dataset mode (``qcert.verify.sample``) and VNN-LIB mode (``qcert.verify.vnnlib``) both decide their
+queries with ``verify_query`` (``qcert.verify.query``), which dispatches on the method name
+(``METHODS``; ``register_method`` adds one).
 
 See ``docs/verify.md``.
 """
 
 from __future__ import annotations
 
+from qcert.runs import VERDICTS
 from qcert.verify.bab import BabOptions, SearchOutcome, bab_search
 from qcert.verify.bounds import NetBounds, SpecBounds
 from qcert.verify.milp import milp_search
+from qcert.verify.query import METHODS, QueryResult, register_method, verify_query
 from qcert.verify.sample import (
-    METHODS,
-    VERDICTS,
     Verifier,
     VerifyResult,
     summarize,
@@ -35,6 +40,7 @@ __all__ = [
     "BabOptions",
     "NetBounds",
     "OutputSpec",
+    "QueryResult",
     "SearchOutcome",
     "SpecBounds",
     "Verifier",
@@ -44,8 +50,10 @@ __all__ = [
     "bab_search",
     "milp_search",
     "parse_vnnlib",
+    "register_method",
     "summarize",
     "verify_dataset",
     "verify_sample",
+    "verify_query",
     "verify_vnnlib",
 ]

@@ -8,11 +8,8 @@ ties to the smallest index), ``vulnerable`` (with a counterexample re-checked by
 
 from __future__ import annotations
 
-import json
-import os
-import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,16 +20,27 @@ from qcert.attack import FakeForward, check_eps, check_labels
 from qcert.bounds import eps_box
 from qcert.errors import InputError
 from qcert.quant.network import QNetwork
-from qcert.verify.bab import SAFE, UNSAFE, BabOptions, SearchOutcome, bab_search
+from qcert.runs import (
+    MISCLASSIFIED,
+    ROBUST,
+    TIMEOUT,
+    VERIFY,
+    VULNERABLE,
+    ResultStore,
+    Work,
+    compute,
+    model_sha256,
+    run_dataset,
+    summarize_verdicts,
+    verify_record,
+)
+from qcert.verify.bab import BabOptions
 from qcert.verify.bounds import NetBounds, SpecBounds
-from qcert.verify.milp import milp_search
+from qcert.verify.query import QueryResult, check_method, check_timeout, verify_query
 from qcert.verify.spec import OutputSpec
 
-ROBUST, VULNERABLE, TIMEOUT, MISCLASSIFIED = "robust", "vulnerable", "timeout", "misclassified"
-VERDICTS = (ROBUST, VULNERABLE, TIMEOUT, MISCLASSIFIED)
-METHODS = ("bab", "milp", "bab+milp")
-#: share of the timeout that ``bab+milp`` gives branch and bound before it hands the query to MILP
-PORTFOLIO_BAB_SHARE = 0.3
+#: the summary of a verify run: counts per verdict, certified_acc, median_seconds
+summarize = summarize_verdicts
 
 
 @dataclass
@@ -46,7 +54,7 @@ class VerifyResult:
             ``misclassified`` (then ``x`` itself), else None; re-checked by ``net.predict``.
         boxes_explored: boxes bounded (BaB) or MILPs solved (MILP).
         predicted: the class of the counterexample (or of ``x``) by the reference executor.
-        method: ``bab`` or ``milp``.
+        method: the engine that decided (``bab`` or ``milp``).
         note: how the verdict was reached (or why it timed out).
     """
 
@@ -59,20 +67,6 @@ class VerifyResult:
     method: str = "bab"
     note: str = ""
     stats: dict[str, float] = field(default_factory=dict)
-
-
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    return method
-
-
-def check_timeout(timeout: float) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if timeout == float("inf"):
-        raise InputError("timeout must be finite")
-    return float(timeout)
 
 
 def _options(options: BabOptions | None, split: str | None, seed: int) -> BabOptions:
@@ -127,45 +121,21 @@ class Verifier:
         y = int(check_labels(net, torch.as_tensor(label).reshape(1), 1)[0])
         pred = int(net.predict(x)[0])
         if pred != y:
+            flat = [int(v) for v in x.reshape(-1).tolist()]
+            note = "the clean input is misclassified"
             return VerifyResult(
-                MISCLASSIFIED,
-                time.monotonic() - t0,
-                [int(v) for v in x.reshape(-1).tolist()],
-                0,
-                y,
-                pred,
-                self.method,
-                "the clean input is misclassified",
+                MISCLASSIFIED, time.monotonic() - t0, flat, 0, y, pred, self.method, note
             )
         lo, hi = eps_box(net, x, eps)
         spec, bounds = self._spec(y)
+        if self._fake is None and self.method != "milp":
+            self._fake = FakeForward(net)
         remaining = max(1e-3, timeout - (time.monotonic() - t0))
-        if self.method in ("bab", "bab+milp"):
-            if self._fake is None:
-                self._fake = FakeForward(net)
-            share = PORTFOLIO_BAB_SHARE if self.method == "bab+milp" else 1.0
-            decided_by = "bab"
-            outcome = bab_search(
-                net,
-                lo,
-                hi,
-                spec,
-                timeout=remaining * share,
-                options=self.options,
-                x0=x,
-                bounds=bounds,
-                fake=self._fake,
-            )
-            if outcome.status == "timeout" and self.method == "bab+milp":
-                # the portfolio: what branch and bound left open goes to the exact MILP
-                remaining = max(1e-3, timeout - (time.monotonic() - t0))
-                outcome = milp_search(net, lo, hi, spec, timeout=remaining, bounds=bounds)
-                decided_by = "milp"
-        else:
-            outcome = milp_search(net, lo, hi, spec, timeout=remaining, bounds=bounds)
-            decided_by = "milp"
-        # the method that produced the verdict: a MILP "robust" rests on HiGHS's floating point
-        return _result(net, x, y, eps, outcome, decided_by, time.monotonic() - t0)
+        res = verify_query(
+            net, lo, hi, spec, method=self.method, timeout=remaining, options=self.options, x0=x,
+            bounds=bounds, fake=self._fake,
+        )  # fmt: skip
+        return _result(net, y, res, time.monotonic() - t0)
 
 
 def verify_sample(
@@ -194,107 +164,27 @@ def verify_sample(
     return verifier.sample(x, label, eps, timeout)
 
 
-def _result(
-    net: QNetwork,
-    x: torch.Tensor,
-    y: int,
-    eps: int,
-    outcome: SearchOutcome,
-    method: str,
-    seconds: float,
-) -> VerifyResult:
-    boxes = outcome.boxes if method == "bab" else int(outcome.stats.get("solves", 0))
-    if outcome.status == SAFE:
-        return VerifyResult(ROBUST, seconds, None, boxes, y, y, method, outcome.note, outcome.stats)
-    if outcome.status == UNSAFE:
-        assert outcome.counterexample is not None
-        cex = outcome.counterexample.reshape(1, *net.input_shape)
-        # the final re-check: inside the clipped ε-box, and misclassified by the reference executor
-        lo_v, hi_v = net.input_range
-        inside = int((cex - x).abs().max()) <= eps and int(cex.min()) >= lo_v
-        inside = inside and int(cex.max()) <= hi_v
+def _result(net: QNetwork, y: int, res: QueryResult, seconds: float) -> VerifyResult:
+    """The sample's verdict from the query's outcome (the counterexample is already re-checked
+    inside the ε-box; here its class is confirmed to differ from the label)."""
+    o = res.outcome
+    parts = (res.work, y)
+    if res.proven:
+        return VerifyResult(ROBUST, seconds, None, *parts, y, res.engine, o.note, o.stats)
+    cex = res.counterexample
+    if cex is not None:
         pred = int(net.predict(cex)[0])
-        if not inside or pred == y:
+        if pred == y:
             raise AssertionError("a counterexample failed the final re-check")
-        return VerifyResult(
-            VULNERABLE,
-            seconds,
-            [int(v) for v in cex.reshape(-1).tolist()],
-            boxes,
-            y,
-            pred,
-            method,
-            outcome.note,
-            outcome.stats,
-        )
-    return VerifyResult(TIMEOUT, seconds, None, boxes, y, None, method, outcome.note, outcome.stats)
+        flat = [int(v) for v in cex.reshape(-1).tolist()]
+        return VerifyResult(VULNERABLE, seconds, flat, *parts, pred, res.engine, o.note, o.stats)
+    return VerifyResult(TIMEOUT, seconds, None, *parts, None, res.engine, o.note, o.stats)
 
 
 # ---------------------------------------------------------------------------- datasets
-def _read_done(path: Path, eps: int) -> dict[int, dict[str, Any]]:
-    """Records already in a JSONL result file, by index. A torn last line (an interrupted write)
-    is cut off; any other malformed line is an error."""
-    done: dict[int, dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        cut = raw.rfind(b"\n") + 1
-        with path.open("r+b") as f:
-            f.truncate(cut)
-        raw = raw[:cut]
-    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            idx = int(rec["index"])
-            verdict = rec["verdict"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{path}:{lineno}: not a verify result line ({e})") from None
-        if verdict not in VERDICTS:
-            raise InputError(f"{path}:{lineno}: unknown verdict {verdict!r}")
-        if "eps" in rec and rec["eps"] != eps:
-            raise InputError(
-                f"{path} holds results for eps={rec['eps']}, not {eps}; use another --out file"
-            )
-        done[idx] = rec
-    return done
-
-
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts per verdict, certified accuracy (robust / n) and the median time per sample."""
-    n = len(records)
-    counts = {v: sum(r["verdict"] == v for r in records) for v in VERDICTS}
-    secs = [float(r["seconds"]) for r in records]
-    return {
-        "n": n,
-        **counts,
-        "certified_acc": counts[ROBUST] / n if n else 0.0,
-        "median_seconds": statistics.median(secs) if secs else 0.0,
-    }
-
-
-_WORKER_VERIFIER: dict[tuple, Verifier] = {}
-
-
-def _verify_one(payload: dict[str, Any], i: int) -> VerifyResult:
-    """One sample on a Ray worker; the Verifier is rebuilt from the model bytes once per process."""
-    key = (hash(payload["model"]), payload["method"], payload["split"], payload["seed"])
-    if key not in _WORKER_VERIFIER:
-        from qcert.quant.io import model_from_bytes
-
-        _WORKER_VERIFIER.clear()
-        net = model_from_bytes(payload["model"])
-        _WORKER_VERIFIER[key] = Verifier(
-            net,
-            method=payload["method"],
-            split=payload["split"],
-            options=payload["options"],
-            seed=payload["seed"],
-        )
-    v = _WORKER_VERIFIER[key]
-    return v.sample(payload["x"][i], int(payload["y"][i]), payload["eps"], payload["timeout"])
+def _verify_step(verifier: Verifier, data: dict[str, Any], i: int) -> VerifyResult:
+    """One sample of a dataset run (a module-level function: Ray sends it by reference)."""
+    return verifier.sample(data["x"][i], int(data["y"][i]), data["eps"], data["timeout"])
 
 
 def verify_dataset(
@@ -321,11 +211,13 @@ def verify_dataset(
     a single-process run, written to ``out`` as they arrive).
 
     Each decision is appended to ``out`` (JSON Lines: ``index``, ``label``, ``verdict``,
-    ``seconds``, ``counterexample``, ``predicted``, ``boxes``, ``method``, ``eps`` and the
-    ``extra`` keys) as soon as it is made and flushed to disk; indices already in ``out`` are
-    skipped (resume). ``on_result(record)`` is called for every record, old ones included.
-    Returns the summary: ``n``, ``robust``, ``vulnerable``, ``timeout``, ``misclassified``,
-    ``certified_acc``, ``median_seconds`` over samples ``start..N-1``.
+    ``seconds``, ``counterexample``, ``predicted``, ``boxes``, ``method``, ``decided_by``, ``eps``,
+    ``model_sha256`` and the ``extra`` keys) as soon as it is made and synced to disk; indices
+    already in ``out`` are skipped (resume; the rules are those of :mod:`qcert.runs.store`: a file
+    of another kind, ε or model is refused). ``on_result(record)`` is called for every record of
+    ``start..N-1``, old ones included. Returns the summary: ``n``, ``robust``, ``vulnerable``,
+    ``timeout``, ``misclassified``, ``certified_acc``, ``median_seconds`` over samples
+    ``start..N-1`` (records of other samples in ``out`` are not counted).
     """
     eps = check_eps(eps)
     method = check_method(method)
@@ -336,50 +228,22 @@ def verify_dataset(
         raise InputError(f"start must be a non-negative integer, got {start!r}")
     if start >= x.shape[0]:
         raise InputError(f"start {start} is past the {x.shape[0]} samples")
-    verifier = Verifier(net, method=method, split=split, options=options, seed=seed)
-    path = Path(out) if out is not None else None
-    done = _read_done(path, eps) if path is not None else {}
-    todo = [i for i in range(start, x.shape[0]) if i not in done]
-    if ray:
-        from qcert.parallel import ray_map
-        from qcert.quant.io import model_to_bytes
+    params = {"method": method, "split": split, "options": options, "seed": seed}
+    verifier = Verifier(net, **params)
+    work = Work(Verifier, params, _verify_step, {"x": x, "y": y, "eps": eps, "timeout": timeout})
+    sha = model_sha256(net)
+    store = None if out is None else ResultStore(out, VERIFY, {"eps": eps, "model_sha256": sha})
 
-        payload = {
-            "model": model_to_bytes(net), "x": x, "y": y, "eps": eps, "timeout": timeout,
-            "method": method, "split": split, "options": options, "seed": seed,
-        }  # fmt: skip
-        results = ray_map(_verify_one, payload, todo, address=ray_address, workers=workers)
-    else:
-        results = ((i, verifier.sample(x[i], int(y[i]), eps, timeout)) for i in todo)
-    records: list[dict[str, Any]] = [done[i] for i in sorted(done) if i >= start]
-    if on_result is not None:
-        for rec in records:
-            on_result(rec)
-    f = path.open("a") if path is not None else None
-    try:
-        for i, res in results:
-            rec = {
-                "index": i,
-                "label": res.label,
-                "verdict": res.verdict,
-                "seconds": round(res.seconds, 4),
-                "counterexample": res.counterexample,
-                "predicted": res.predicted,
-                "boxes": res.boxes_explored,
-                "method": method,
-                "decided_by": res.method,
-                "eps": eps,
-                **(extra or {}),
-            }
-            if f is not None:
-                f.write(json.dumps(rec) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            records.append(rec)
-            if on_result is not None:
-                on_result(rec)
-    finally:
-        if f is not None:
-            f.close()
-    records.sort(key=lambda r: int(r["index"]))
-    return summarize(records)
+    def record(i: int, res: VerifyResult) -> dict[str, Any]:
+        return verify_record(
+            i, res.label, res.verdict, res.seconds, res.counterexample, res.predicted,
+            res.boxes_explored, method, res.method, eps, sha, extra,
+        )  # fmt: skip
+
+    def results(todo: list[int]) -> Iterable[tuple[int, Any]]:
+        return compute(
+            net, work, todo, solver=verifier, ray=ray, ray_address=ray_address, workers=workers
+        )
+
+    records = run_dataset(range(start, len(x)), results, record, store=store, on_record=on_result)
+    return summarize_verdicts(records)

@@ -26,9 +26,9 @@ import torch
 
 from qcert.errors import InputError
 from qcert.quant.network import QNetwork
-from qcert.verify.bab import SAFE, UNSAFE, BabOptions, bab_search
-from qcert.verify.milp import milp_search
-from qcert.verify.sample import check_method, check_timeout
+from qcert.runs import SAT, TIMEOUT, UNSAT
+from qcert.verify.bab import BabOptions
+from qcert.verify.query import check_method, check_timeout, verify_query
 from qcert.verify.spec import OutputSpec
 
 
@@ -284,17 +284,19 @@ def _input_bound(
 
 @dataclass
 class VnnlibResult:
-    """``result``: ``sat``, ``unsat`` or ``timeout``; for ``sat`` the integer input and logits."""
+    """``result``: ``sat``, ``unsat`` or ``timeout``; for ``sat`` the integer input and logits;
+    ``engine``: what decided (``bab`` or ``milp``)."""
 
     result: str
     seconds: float
     inputs: list[int] | None = None
     outputs: list[int] | None = None
     note: str = ""
+    engine: str = ""
 
     def vnncomp(self) -> str:
         """The VNN-COMP result text: the verdict line, then ``((X_0 v) ... (Y_0 v) ...)``."""
-        if self.result != "sat" or self.inputs is None or self.outputs is None:
+        if self.result != SAT or self.inputs is None or self.outputs is None:
             return self.result + "\n"
         parts = [f"(X_{i} {v})" for i, v in enumerate(self.inputs)]
         parts += [f"(Y_{j} {v})" for j, v in enumerate(self.outputs)]
@@ -309,7 +311,8 @@ def verify_vnnlib(
     method: str = "bab",
     options: BabOptions | None = None,
 ) -> VnnlibResult:
-    """Decide a VNN-LIB property (a path or the text itself) on ``net``: ``sat`` with a
+    """Decide a VNN-LIB property (a path or the text itself) on ``net`` with ``method`` (see
+    :func:`~qcert.verify.query.verify_query`, which dataset mode calls too): ``sat`` with a
     counterexample re-checked by ``net.integer_forward``, ``unsat`` (proof), or ``timeout``."""
     method = check_method(method)
     timeout = check_timeout(timeout)
@@ -326,28 +329,17 @@ def verify_vnnlib(
         text = str(source)
     prop = parse_vnnlib(text, net)
     remaining = max(1e-3, timeout - (time.monotonic() - t0))
-    if method == "bab":
-        x0 = torch.div(prop.lo + prop.hi, 2, rounding_mode="floor")
-        outcome = bab_search(
-            net, prop.lo, prop.hi, prop.spec, timeout=remaining, options=options, x0=x0
-        )
-    else:
-        outcome = milp_search(net, prop.lo, prop.hi, prop.spec, timeout=remaining)
+    x0 = torch.div(prop.lo + prop.hi, 2, rounding_mode="floor")
+    res = verify_query(
+        net, prop.lo, prop.hi, prop.spec, method=method, timeout=remaining, options=options, x0=x0
+    )
     seconds = time.monotonic() - t0
-    if outcome.status == SAFE:
-        return VnnlibResult("unsat", seconds, note=outcome.note)
-    if outcome.status == UNSAFE:
-        assert outcome.counterexample is not None
-        x = outcome.counterexample.reshape(1, *net.input_shape)
+    note = res.outcome.note
+    if res.proven:
+        return VnnlibResult(UNSAT, seconds, note=note, engine=res.engine)
+    x = res.counterexample
+    if x is not None:  # re-checked by verify_query: inside the box, logits in the unsafe region
         z = net.integer_forward(x)
-        inside = bool(((x >= prop.lo) & (x <= prop.hi)).all())
-        if not inside or not bool(prop.spec.holds(z)[0]):
-            raise AssertionError("a counterexample failed the final re-check")
-        return VnnlibResult(
-            "sat",
-            seconds,
-            [int(v) for v in x.reshape(-1).tolist()],
-            [int(v) for v in z[0].tolist()],
-            outcome.note,
-        )
-    return VnnlibResult("timeout", seconds, note=outcome.note)
+        inputs = [int(v) for v in x.reshape(-1).tolist()]
+        return VnnlibResult(SAT, seconds, inputs, [int(v) for v in z[0].tolist()], note, res.engine)
+    return VnnlibResult(TIMEOUT, seconds, note=note, engine=res.engine)

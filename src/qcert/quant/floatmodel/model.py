@@ -1,12 +1,21 @@
-"""The float model file ``float.safetensors`` and the small float architectures.
+"""A float model (:class:`FloatModel`), its input scale, and its file ``float.safetensors``.
 
 A float model is an ``nn.Sequential`` of ``Linear``, ``Conv2d`` (groups 1, dilation 1, zero
-padding), ``ReLU`` and ``Flatten`` applied to ``u = x_int * input_scale`` (pixel levels times
-``1/256`` by default, so that :func:`qcert.quant.from_float` with the same ``input_scale`` folds
-nothing into the first layer). The file is a safetensors file: float32 tensors
-``layers.{i}.weight`` / ``layers.{i}.bias`` plus one JSON document under the metadata key
-``"qcert_float"`` that describes the architecture (docs/layerwise.md). Loading never unpickles
-anything; every malformed file raises :class:`~qcert.errors.ModelFileError` naming the problem.
+padding), ``ReLU`` and ``Flatten`` (Dropout and Identity are skipped) applied to
+``u = x_int * input_scale``. The file is a safetensors file: float32 tensors ``layers.{i}.weight``
+/ ``layers.{i}.bias`` plus one JSON document under the metadata key ``"qcert_float"`` that
+describes the architecture (docs/layerwise.md). Loading never unpickles anything; every malformed
+file raises :class:`~qcert.errors.ModelFileError` naming the problem.
+
+Input scales (one convention, docs/semantics.md "Input scales"):
+
+* :data:`FLOAT_INPUT_SCALE` ``= 2**-8 = 1/256``: what qcert's own float models see (the ``float``,
+  ``float-ibp`` and ``pgd`` training methods, the float model file's default, layer-wise
+  quantization). It is the real value of a QNetwork's default input (uint8 with 8 fractional
+  bits), so :func:`qcert.quant.from_float` with this scale folds nothing into the first layer.
+* :data:`UNIT_INPUT_SCALE` ``= 1/255``: pixels scaled to ``[0, 1]`` by ``x / 255``, the PyTorch
+  (torchvision ``ToTensor``) convention: :func:`qcert.quant.from_float`'s default, for float
+  models trained elsewhere. Smoothing's σ and L2 radii are in the same ``[0, 1]`` units.
 """
 
 from __future__ import annotations
@@ -14,34 +23,37 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from torch import nn
 
-from qcert.errors import FormatError, InputError, ModelFileError
+from qcert.errors import FormatError, ModelFileError
+from qcert.quant.files import read_bytes, read_safetensors, write_atomic
+from qcert.quant.floatmodel.walker import plan
+from qcert.quant.network import DEFAULT_INPUT_FORMAT
+
+__all__ = [
+    "FLOAT_INPUT_SCALE",
+    "UNIT_INPUT_SCALE",
+    "FloatModel",
+    "describe",
+    "float_model_from_bytes",
+    "load_float",
+    "save_float",
+]
 
 FORMAT_NAME = "qcert.float"
 FORMAT_VERSION = 1
 METADATA_KEY = "qcert_float"
-DEFAULT_INPUT_SCALE = 1.0 / 256.0
 
-#: name -> (hidden layers, description); a hidden layer is ("conv", filters, kernel, stride, pad)
-#: or ("dense", units); each is followed by ReLU, then a linear output layer. Same shapes as the
-#: architectures of ``qcert train`` of the same names.
-FLOAT_ARCHS: dict[str, tuple[tuple[tuple[Any, ...], ...], str]] = {
-    "mlp-small": ((("dense", 256), ("dense", 128)), "flatten, dense 256, dense 128, dense K"),
-    "cnn-small": (
-        (("conv", 16, 4, 2, 1), ("conv", 32, 4, 2, 1), ("dense", 100)),
-        "conv (16,4,2,pad 1), conv (32,4,2,pad 1), dense 100, dense K (Wong & Kolter 2018 small)",
-    ),
-}
+#: qcert's float models see ``x_int / 256``: the real value of the default uint8 frac-8 input
+FLOAT_INPUT_SCALE = 2.0**-DEFAULT_INPUT_FORMAT.frac
+#: pixels scaled to [0, 1] by ``x / 255`` (PyTorch's convention; ``from_float``'s default)
+UNIT_INPUT_SCALE = 1.0 / 255.0
 
 
 @dataclass
@@ -51,7 +63,7 @@ class FloatModel:
 
     module: nn.Sequential
     input_shape: tuple[int, ...]
-    input_scale: float = DEFAULT_INPUT_SCALE
+    input_scale: float = FLOAT_INPUT_SCALE
     classes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -74,46 +86,15 @@ class FloatModel:
         """Float logits of integer-unit inputs (float or integer tensor, N×input_shape)."""
         return self.module(x_int.to(torch.float32) * self.input_scale)
 
-
-def build_float_arch(
-    arch: str, input_shape: Sequence[int], num_classes: int, seed: int = 0
-) -> nn.Sequential:
-    """A freshly initialised float ``nn.Sequential`` of a named architecture (PyTorch's default
-    initialisation, seeded with ``seed``; the global random state is left unchanged)."""
-    if arch not in FLOAT_ARCHS:
-        raise InputError(f"unknown architecture {arch!r}; known: {', '.join(FLOAT_ARCHS)}")
-    hidden, _ = FLOAT_ARCHS[arch]
-    shape = tuple(int(s) for s in input_shape)
-    mods: list[nn.Module] = []
-    with torch.random.fork_rng(devices=[]):  # leave the global generator as it was
-        torch.manual_seed(int(seed))
-        for spec in hidden:
-            if spec[0] == "conv":
-                _, filters, k, s, p = spec
-                if len(shape) != 3:
-                    raise InputError(f"{arch}: a convolution needs C×H×W inputs, got {shape}")
-                h, w = ((d + 2 * p - k) // s + 1 for d in shape[1:])
-                if min(h, w) < 1:
-                    raise InputError(f"{arch}: input {shape} is too small for its convolutions")
-                mods += [nn.Conv2d(shape[0], filters, k, s, p), nn.ReLU()]
-                shape = (filters, h, w)
-            else:
-                if len(shape) != 1:
-                    mods.append(nn.Flatten())
-                    shape = (math.prod(shape),)
-                mods += [nn.Linear(shape[0], spec[1]), nn.ReLU()]
-                shape = (spec[1],)
-        if len(shape) != 1:
-            mods.append(nn.Flatten())
-            shape = (math.prod(shape),)
-        mods.append(nn.Linear(shape[0], num_classes))
-    return nn.Sequential(*mods)
-
-
-def _leaves(module: nn.Module) -> list[nn.Module]:
-    if isinstance(module, nn.Sequential):
-        return [leaf for child in module.children() for leaf in _leaves(child)]
-    return [module]
+    @torch.no_grad()
+    def accuracy(self, x_int: torch.Tensor, labels: torch.Tensor, batch: int = 1000) -> float:
+        """Share of inputs the float model (in eval mode) classifies as ``labels``."""
+        self.module.eval()
+        correct = 0
+        for s in range(0, x_int.shape[0], batch):
+            pred = self.logits(x_int[s : s + batch]).argmax(1)
+            correct += int((pred == labels[s : s + batch]).sum())
+        return correct / max(1, x_int.shape[0])
 
 
 def describe(module: nn.Module) -> list[dict[str, Any]]:
@@ -122,7 +103,11 @@ def describe(module: nn.Module) -> list[dict[str, Any]]:
     if not isinstance(module, nn.Sequential):
         raise FormatError(f"a float model must be an nn.Sequential, got {type(module).__name__}")
     out: list[dict[str, Any]] = []
-    for i, m in enumerate(_leaves(module)):
+    for s in plan(module):
+        m = s.module
+        if s.kind == "pool" or s.folded:
+            what = "pooling" if s.kind == "pool" else "batch norm"
+            raise FormatError(f"{s.label}: a float model file stores no {what}")
         if isinstance(m, nn.Linear):
             out.append(
                 {
@@ -133,10 +118,6 @@ def describe(module: nn.Module) -> list[dict[str, Any]]:
                 }
             )
         elif isinstance(m, nn.Conv2d):
-            if m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros":
-                raise FormatError(f"layer {i} (Conv2d): only groups=1, dilation=1, zero padding")
-            if isinstance(m.padding, str):
-                raise FormatError(f"layer {i} (Conv2d): string padding {m.padding!r} unsupported")
             out.append(
                 {
                     "type": "conv2d",
@@ -144,25 +125,12 @@ def describe(module: nn.Module) -> list[dict[str, Any]]:
                     "out_channels": m.out_channels,
                     "kernel_size": list(m.kernel_size),
                     "stride": list(m.stride),
-                    "padding": list(m.padding),
+                    "padding": list(m.padding),  # type: ignore[arg-type]
                     "bias": m.bias is not None,
                 }
             )
-        elif isinstance(m, nn.ReLU):
-            out.append({"type": "relu"})
-        elif isinstance(m, nn.Flatten):
-            if m.start_dim != 1 or m.end_dim != -1:
-                raise FormatError(f"layer {i}: only Flatten(start_dim=1, end_dim=-1) is supported")
-            out.append({"type": "flatten"})
-        elif isinstance(m, nn.Dropout | nn.Identity):
-            continue
         else:
-            raise FormatError(
-                f"layer {i} ({type(m).__name__}) is not supported in a float model; "
-                "use Linear, Conv2d, ReLU, Flatten"
-            )
-    if not any(d["type"] in ("linear", "conv2d") for d in out):
-        raise FormatError("the float model has no Linear or Conv2d layer")
+            out.append({"type": s.kind})
     return out
 
 
@@ -215,18 +183,15 @@ def save_float(model: FloatModel, path: str | os.PathLike[str]) -> None:
     good one)."""
     header = header_of(model)
     tensors: dict[str, np.ndarray] = {}
-    affine = [m for m in _leaves(model.module) if not isinstance(m, nn.Dropout | nn.Identity)]
-    for i, m in enumerate(affine):
+    for i, s in enumerate(plan(model.module)):
+        m = s.module
         if isinstance(m, nn.Linear | nn.Conv2d):
             tensors[f"layers.{i}.weight"] = m.weight.detach().float().contiguous().numpy()
             if m.bias is not None:
                 tensors[f"layers.{i}.bias"] = m.bias.detach().float().contiguous().numpy()
-    data = st_save(tensors, metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_atomic(
+        path, st_save(tensors, metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
+    )
 
 
 def _pair(v: Any, what: str) -> tuple[int, int]:
@@ -264,33 +229,28 @@ def _tensor(
     return t
 
 
-def _read(raw: bytes, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    if len(raw) < 8:
-        raise ModelFileError(f"{name}: truncated file ({len(raw)} bytes): not a safetensors file")
-    n = int.from_bytes(raw[:8], "little")
-    if n > len(raw) - 8:
-        raise ModelFileError(f"{name}: truncated file: the safetensors header does not fit")
-    try:
-        st_header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{name}: the safetensors header is not valid JSON ({e})") from None
-    meta = st_header.get("__metadata__") if isinstance(st_header, dict) else None
-    if not isinstance(meta, dict) or METADATA_KEY not in meta:
-        raise ModelFileError(
-            f"{name}: not a qcert float model: the safetensors metadata has no "
-            f"'{METADATA_KEY}' entry"
-        )
-    try:
-        header = json.loads(meta[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{name}: the qcert_float header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{name}: the qcert_float header is not a JSON object")
-    try:
-        tensors = dict(st_load(raw))
-    except (SafetensorError, ValueError, TypeError) as e:
-        raise ModelFileError(f"{name}: corrupt safetensors data ({e})") from None
-    return header, tensors
+def _affine(d: dict[str, Any], i: int, tensors: dict[str, np.ndarray], what: str) -> nn.Module:
+    has_bias = d.get("bias")
+    if not isinstance(has_bias, bool):
+        raise ModelFileError(f"{what}: 'bias' must be true or false")
+    if d["type"] == "linear":
+        fin, fout = _pos_int(d, "in_features", what), _pos_int(d, "out_features", what)
+        m: nn.Module = nn.Linear(fin, fout, bias=has_bias)
+        wshape: tuple[int, ...] = (fout, fin)
+    else:
+        cin, cout = _pos_int(d, "in_channels", what), _pos_int(d, "out_channels", what)
+        k = _pair(d.get("kernel_size"), f"{what}: kernel_size")
+        s = _pair(d.get("stride"), f"{what}: stride")
+        p = _pair(d.get("padding"), f"{what}: padding")
+        if min(k) < 1 or min(s) < 1 or min(p) < 0:
+            raise ModelFileError(f"{what}: kernel and stride must be ≥ 1, padding ≥ 0")
+        m = nn.Conv2d(cin, cout, k, s, p, bias=has_bias)
+        wshape = (cout, cin, *k)
+    with torch.no_grad():
+        m.weight.copy_(_tensor(tensors, f"layers.{i}.weight", wshape, what))  # type: ignore[operator]
+        if has_bias:
+            m.bias.copy_(_tensor(tensors, f"layers.{i}.bias", (wshape[0],), what))  # type: ignore[operator,union-attr]
+    return m
 
 
 def _module_from(
@@ -316,27 +276,7 @@ def _module_from(
             raise ModelFileError(f"{what}: a layer must be an object with a 'type'")
         t = d["type"]
         if t in ("linear", "conv2d"):
-            has_bias = d.get("bias")
-            if not isinstance(has_bias, bool):
-                raise ModelFileError(f"{what}: 'bias' must be true or false")
-            if t == "linear":
-                fin, fout = _pos_int(d, "in_features", what), _pos_int(d, "out_features", what)
-                m: nn.Module = nn.Linear(fin, fout, bias=has_bias)
-                wshape: tuple[int, ...] = (fout, fin)
-            else:
-                cin, cout = _pos_int(d, "in_channels", what), _pos_int(d, "out_channels", what)
-                k = _pair(d.get("kernel_size"), f"{what}: kernel_size")
-                s = _pair(d.get("stride"), f"{what}: stride")
-                p = _pair(d.get("padding"), f"{what}: padding")
-                if min(k) < 1 or min(s) < 1 or min(p) < 0:
-                    raise ModelFileError(f"{what}: kernel and stride must be ≥ 1, padding ≥ 0")
-                m = nn.Conv2d(cin, cout, k, s, p, bias=has_bias)
-                wshape = (cout, cin, *k)
-            with torch.no_grad():
-                m.weight.copy_(_tensor(tensors, f"layers.{i}.weight", wshape, what))
-                if has_bias:
-                    m.bias.copy_(_tensor(tensors, f"layers.{i}.bias", (wshape[0],), what))
-            mods.append(m)
+            mods.append(_affine(d, i, tensors, what))
         elif t == "relu":
             mods.append(nn.ReLU())
         elif t == "flatten":
@@ -352,7 +292,7 @@ def _module_from(
 
 def float_model_from_bytes(raw: bytes, name: str = "<bytes>") -> FloatModel:
     """Parse the bytes of a float safetensors file (see :func:`load_float`)."""
-    header, tensors = _read(raw, name)
+    header, tensors = read_safetensors(raw, name, METADATA_KEY, "qcert float model")
     if header.get("format") != FORMAT_NAME:
         raise ModelFileError(
             f"{name}: format is {header.get('format')!r}, expected {FORMAT_NAME!r}"
@@ -386,26 +326,4 @@ def float_model_from_bytes(raw: bytes, name: str = "<bytes>") -> FloatModel:
 def load_float(path: str | os.PathLike[str]) -> FloatModel:
     """Read a float model file written by :func:`save_float` (no unpickling). Raises
     :class:`ModelFileError` naming the problem for a missing or malformed file."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such float model file") from None
-    except IsADirectoryError:
-        raise ModelFileError(f"{path}: is a directory, not a float model file") from None
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot read float model file ({e.strerror})") from None
-    return float_model_from_bytes(raw, name=path)
-
-
-__all__ = [
-    "DEFAULT_INPUT_SCALE",
-    "FLOAT_ARCHS",
-    "FloatModel",
-    "build_float_arch",
-    "describe",
-    "float_model_from_bytes",
-    "load_float",
-    "save_float",
-]
+    return float_model_from_bytes(read_bytes(path, "float model file"), name=os.fspath(path))

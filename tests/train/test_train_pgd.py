@@ -1,4 +1,4 @@
-"""Float PGD and PGD adversarial training: the box, the files, resuming, bad arguments."""
+"""PGD adversarial training on the shared loop: the files, resuming, bad arguments."""
 
 from __future__ import annotations
 
@@ -7,47 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from qcert.attack import float_pgd_accuracy
 from qcert.errors import DataError, InputError
-from qcert.layerwise.advtrain import float_pgd_accuracy, pgd_float, train_pgd
-from qcert.layerwise.floatio import FloatModel, load_float
-
-
-def tiny_model(seed: int = 0) -> FloatModel:
-    torch.manual_seed(seed)
-    module = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
-    return FloatModel(module, (1, 4, 4))
-
-
-def test_pgd_stays_in_the_clipped_box_and_raises_the_loss() -> None:
-    model = tiny_model()
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (64, 1, 4, 4), generator=gen)
-    x[:8] = 0  # some inputs at the edge of the range
-    y = torch.randint(0, 3, (64,), generator=gen)
-    adv = pgd_float(model, x, y, eps=10, steps=10, generator=gen)
-    assert adv.shape == x.shape
-    assert bool((adv >= (x - 10).clamp(0, 255) - 1e-4).all())
-    assert bool((adv <= (x + 10).clamp(0, 255) + 1e-4).all())
-    with torch.no_grad():
-        clean = F.cross_entropy(model.logits(x), y)
-        attacked = F.cross_entropy(model.logits(adv), y)
-    assert attacked > clean
-    assert torch.equal(pgd_float(model, x, y, eps=0, steps=10), x.float())
-    assert all(p.requires_grad for p in model.module.parameters())  # left as they were
-
-
-def test_pgd_bad_arguments() -> None:
-    model = tiny_model()
-    x, y = torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.int64)
-    with pytest.raises(InputError, match="non-negative"):
-        pgd_float(model, x, y, eps=-1)
-    with pytest.raises(InputError, match="finite"):
-        pgd_float(model, x, y, eps=float("nan"))
-    with pytest.raises(InputError, match="steps"):
-        pgd_float(model, x, y, eps=2, steps=-1)
+from qcert.quant.floatmodel import load_float
+from qcert.train import CHECKPOINT_NAME, load_checkpoint, train_pgd
 
 
 def test_train_pgd_writes_model_metrics_and_resumes(tmp_path: Path) -> None:
@@ -100,9 +65,7 @@ def test_train_pgd_time_budget_and_custom_module(tmp_path: Path) -> None:
 
 
 def batches_done(folder: Path) -> int:
-    raw = (folder / "train_state.safetensors").read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    return json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["qcert_train_state"])["batches"]
+    return load_checkpoint(folder / CHECKPOINT_NAME).global_step
 
 
 def test_a_stopped_run_resumes_at_its_batch(tmp_path: Path) -> None:
