@@ -128,13 +128,17 @@ def small_nets(logit_bits: int = 4) -> st.SearchStrategy[QNetwork]:
 
 
 def digits_mlp(
-    seed: int = 0, hidden: int = 16, act_frac: int = 4, constant_class: int | None = None
+    seed: int = 0, hidden: int | None = 16, act_frac: int = 4, constant_class: int | None = None
 ) -> QNetwork:
     """A random 8-bit MLP for 8×8 digits: flatten → 64→``hidden`` → 8-bit unsigned activations
-    with ``act_frac`` fractional bits → 10 logits. With ``constant_class`` every weight is zero and
-    only that class has a bias: it always wins."""
+    with ``act_frac`` fractional bits → 10 logits; with ``hidden=None`` one linear layer 64→10
+    (fast to verify). With ``constant_class`` every weight is zero and only that class has a bias:
+    it always wins."""
     g = torch.Generator().manual_seed(seed)
     w = FixedPointFormat(8, True, 7)
+    if hidden is None:
+        lin = QLinear.from_int(torch.randint(-128, 128, (10, 64), generator=g), None, w, None)
+        return QNetwork([QFlatten(), lin], (1, 8, 8))
     w1 = torch.randint(-128, 128, (hidden, 64), generator=g)
     w2 = torch.randint(-128, 128, (10, hidden), generator=g)
     b2, bf = None, None

@@ -122,7 +122,7 @@ def test_every_engine_and_batch_size_gives_the_same_counts(digits) -> None:
 def test_a_torn_row_is_redone_not_counted(digits, tmp_path, cut: str) -> None:
     """Issue 12 item 2: a row cut by a crash — with all six fields but no newline, or right after
     its 5th tab — is redone on resume: n rows for n samples, none lost, none doubled."""
-    net = digits_net()
+    net = digits_mlp()
     kw = dict(n=300, n0=20, alpha=0.01, batch=128, seed=2)
     once = tmp_path / "once.tsv"
     certify_dataset(net, digits.images, digits.labels, 0.12, out=once, n_samples=4, **kw)
@@ -141,7 +141,7 @@ def test_a_torn_row_is_redone_not_counted(digits, tmp_path, cut: str) -> None:
 def test_resume_is_for_the_same_run_and_range(digits, tmp_path) -> None:
     """Only the requested samples are summarized (issue 12 item 10), and a TSV of another model or
     σ is refused (item 11; the run's identity is kept in OUT.json)."""
-    net = digits_net()
+    net = digits_mlp()
     kw = dict(n=300, n0=20, alpha=0.01, batch=128, seed=2)
     out = tmp_path / "s.tsv"
     certify_dataset(net, digits.images, digits.labels, 0.12, out=out, n_samples=6, **kw)
@@ -153,7 +153,7 @@ def test_resume_is_for_the_same_run_and_range(digits, tmp_path) -> None:
     before = out.read_bytes()
     with pytest.raises(InputError, match="another model"):
         certify_dataset(
-            digits_net(constant=True), digits.images, digits.labels, 0.12, out=out, **kw
+            digits_mlp(constant_class=3), digits.images, digits.labels, 0.12, out=out, **kw
         )
     with pytest.raises(InputError, match="sigma"):
         certify_dataset(net, digits.images, digits.labels, 0.25, out=out, **kw)
