@@ -1,7 +1,7 @@
 """Images per second of the reference executor and of the fake-quant forward on MNIST.
 
-The reference executor is timed with its default engine (products in float64 where a static bound
-proves them exact, else int64) and with ``engine="int64"`` (every product in int64).
+The reference executor is timed with its default arithmetic path (products in float64 where a static bound
+proves them exact, else int64) and with ``arith_path="int64"`` (every product in int64).
 
 Runs both on the same QNetworks (an MLP and a small CNN, 8-bit, converted from float models) over the
 MNIST test set in one process and prints the images/s of each and the ratio fake-quant / reference.
@@ -41,7 +41,7 @@ def main() -> None:
         assert net.exact_in(torch.float64)
         assert torch.equal((net(x[:200].double()) * 2.0**net.logit_frac).to(torch.int64), ref)
         r_ref = timed(net.integer_forward, x, args.batch)
-        r_i64 = timed(lambda b, net=net: net.integer_forward(b, engine="int64"), x, args.batch)
+        r_i64 = timed(lambda b, net=net: net.integer_forward(b, arith_path="int64"), x, args.batch)
         r_f32 = timed(lambda b, net=net: net(b.float()), x, args.batch)
         r_f64 = timed(lambda b, net=net: net(b.double()), x, args.batch)
         print(

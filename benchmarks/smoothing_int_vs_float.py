@@ -4,7 +4,7 @@ Two measurements, side by side in one process:
 
 1. Throughput of the base classifier under noise, per 1,000 noisy copies of one MNIST test image
    (median of interleaved repeats): the integer path (fused discrete-Gaussian noise kernel, then the
-   int8 engine / the reference executor / onnxruntime) and the float path (torch.randn Gaussian
+   int8 executor / the reference executor / onnxruntime) and the float path (torch.randn Gaussian
    noise, the float32 twin network), split into noise and network time, and the ratio int/float.
 2. CERTIFY on ``--samples`` test inputs with n = ``--n``, n0 = 100, α = 0.001 on each path: noisy
    samples per second and certified accuracy at r = 0, 0.25, 0.5, 0.75, 1.0 (goal: within one point).
@@ -26,10 +26,9 @@ from bench_common import MLP, int8_model, mnist_float_models
 
 from qcert.data import load
 from qcert.quant import load_model
+from qcert.quant.executor import EXECUTORS
 from qcert.smoothing.run import certify_dataset
 from qcert.smoothing.smooth import FloatSmoothing, IntegerSmoothing
-
-ENGINES = ("int8", "torch", "onnx")
 
 
 def cpu_flags() -> str:
@@ -44,7 +43,7 @@ def cpu_flags() -> str:
 
 def per_thousand(net, x: torch.Tensor, sigma: float, repeats: int) -> dict[str, dict[str, float]]:
     """Median ms per 1,000 noisy copies: noise, network and total, for every path. Each path runs
-    its repeats in a block of its own (after a warm-up), so the thread pools of one engine do not
+    its repeats in a block of its own (after a warm-up), so the thread pools of one executor do not
     spin into the next one's timing."""
     k = 1000
     out: dict[str, dict[str, float]] = {}
@@ -63,11 +62,11 @@ def per_thousand(net, x: torch.Tensor, sigma: float, repeats: int) -> dict[str, 
                 parts["total"].append(t2 - t0)
         return {name: 1000 * statistics.median(v) for name, v in parts.items()}
 
-    for name in (*ENGINES, "float"):  # each built right before its block
+    for name in (*EXECUTORS, "float"):  # each built right before its block
         if name == "float":
             s = FloatSmoothing(net, sigma, batch=k)
         else:
-            s = IntegerSmoothing(net, sigma, batch=k, engine=name)
+            s = IntegerSmoothing(net, sigma, batch=k, executor=name)
         out[name] = timed(lambda rep, s=s: s.noisy(x, k, s.generator(1, rep, 1)), s.classify)
     return out
 
@@ -99,7 +98,7 @@ def main() -> None:
         rate = 1e6 / m["total"]
         print(f"{label:22s} {m['noise']:8.3f} {m['network']:8.3f} {m['total']:8.3f} {rate:10.0f}")
     f = ms["float"]
-    for e in ENGINES:
+    for e in EXECUTORS:
         print(
             f"ratio int ({e}) / float: {f['total'] / ms[e]['total']:.2f}x "
             f"(noise {f['noise'] / ms[e]['noise']:.2f}x, network {f['network'] / ms[e]['network']:.2f}x)"
@@ -109,9 +108,9 @@ def main() -> None:
         return
     skip = max(1, x.shape[0] // args.samples)
     runs = {}
-    for name, arith, engine in [("int (int8)", "int", "int8"), ("float", "float", "int8")]:
+    for name, arith, executor in [("int (int8)", "int", "int8"), ("float", "float", "int8")]:
         runs[name] = certify_dataset(
-            net, x, test.labels, args.sigma, n=args.n, n0=100, arith=arith, engine=engine,
+            net, x, test.labels, args.sigma, n=args.n, n0=100, arith=arith, executor=executor,
             batch=1000, skip=skip, n_samples=args.samples,
         )  # fmt: skip
     print(f"\nCERTIFY: {args.samples} MNIST test inputs, n = {args.n}, n0 = 100, α = 0.001")

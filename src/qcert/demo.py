@@ -62,7 +62,7 @@ def _smooth(net, images, labels, path: Path) -> dict:
 
     with progress_task(f"smooth σ=0.25 {path.parent.name}", images.shape[0]) as (prog, task):
         summary = certify_dataset(
-            net, images, labels, 0.25, n=1000, n0=100, alpha=0.001, arith="int", engine="torch",
+            net, images, labels, 0.25, n=1000, n0=100, alpha=0.001, arith="int", executor="torch",
             out=path, on_row=(lambda r: prog.advance(task)) if prog is not None else None,
         )  # fmt: skip
     path.with_suffix(".tsv.json").write_text(json.dumps({**summary, "sigma": 0.25}, indent=2))

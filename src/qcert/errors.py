@@ -1,4 +1,5 @@
-"""Exceptions raised by qcert. Every user-facing error is a :class:`QcertError`."""
+"""Every exception and warning class qcert raises, in one place. Every user-facing error is a
+:class:`QcertError`; the modules that raise them re-export them where users first found them."""
 
 from __future__ import annotations
 
@@ -26,3 +27,19 @@ class InputError(QcertError, ValueError):
 class ConfigError(InputError):
     """A configuration is invalid (unknown architecture, method or loss, bad numbers): a kind of
     bad input, so ``except InputError`` catches it too."""
+
+
+class SmoothingError(QcertError, ValueError):
+    """Invalid argument to the randomized-smoothing code (noise level, probability, count...)."""
+
+
+class VnnlibError(InputError):
+    """A VNN-LIB file is malformed or outside the supported subset."""
+
+
+class GraphMismatch(ModelFileError):
+    """An ONNX graph differs from the one qcert expects (the message says where)."""
+
+
+class InexactExportWarning(UserWarning):
+    """A QDQ graph (exported or imported) that may not equal the integer semantics bit for bit."""

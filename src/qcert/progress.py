@@ -11,6 +11,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -35,15 +36,16 @@ def make_progress(console: Console | None = None, transient: bool = False) -> Pr
 @contextmanager
 def progress_task(
     description: str, total: int | None, enabled: bool | None = None
-) -> Iterator[tuple[Progress | None, int | None]]:
-    """Context yielding ``(progress, task_id)``, or ``(None, None)`` when disabled.
+) -> Iterator[tuple[Progress | None, TaskID]]:
+    """Context yielding ``(progress, task_id)``, or ``(None, TaskID(-1))`` when disabled (callers
+    test ``progress is not None``; the id is then unused).
 
     ``enabled=None`` shows the bar only when stderr is a terminal.
     """
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:
-        yield None, None
+        yield None, TaskID(-1)
         return
     with make_progress() as prog:
         task = prog.add_task(description, total=total, status="")

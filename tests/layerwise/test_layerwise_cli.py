@@ -14,7 +14,7 @@ from qcert.cli.main import main
 from qcert.data import load
 from qcert.layerwise.pipeline import search_eps_for
 from qcert.quant import load_model
-from qcert.quant.evaluate import accuracy
+from qcert.quant.accuracy import accuracy
 from qcert.quant.floatmodel import FloatModel, save_float
 
 

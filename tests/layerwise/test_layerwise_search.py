@@ -12,11 +12,11 @@ from torch import nn
 
 from qcert.data import load
 from qcert.errors import FormatError, InputError
-from qcert.layerwise.build import build_qnetwork
+from qcert.layerwise.build import quantize_with_formats
 from qcert.layerwise.metric import deviation_bound, float_forward64, profile
 from qcert.layerwise.search import STRATEGIES, allocate, quantize
 from qcert.quant import FixedPointFormat, from_float
-from qcert.quant.evaluate import accuracy
+from qcert.quant.accuracy import accuracy
 from qcert.quant.floatmodel import FloatModel
 
 
@@ -100,7 +100,7 @@ def test_bound_holds_for_every_input(norm: str, conv: bool, signed_link: bool) -
         for bits in (2, 3, 6):
             w_fmts = [FixedPointFormat(bits, True, bits + 1 + seed) for _ in range(n_aff)]
             a_fmts = [FixedPointFormat(bits, False, bits - 2 + seed) for _ in range(n_aff - 1)]
-            net = build_qnetwork(model, w_fmts, a_fmts)
+            net = quantize_with_formats(model, w_fmts, a_fmts)
             bound, actual = deviation_bound(model, net, x, norm)
             assert bool((actual <= bound * (1 + 1e-6) + 1e-12).all())
             assert float(actual.max()) > 0
@@ -179,14 +179,14 @@ def test_build_uses_the_given_formats(digits) -> None:  # noqa: ANN001
     model, _, _, tx, _ = digits
     w = [FixedPointFormat(b, True, f) for b, f in [(5, 7), (3, 4), (8, 9)]]
     a = [FixedPointFormat(4, False, 2), FixedPointFormat(6, False, 3)]
-    net = build_qnetwork(model, w, a)
+    net = quantize_with_formats(model, w, a)
     assert [m.weight_format for m in net.affine_layers()] == w
     assert [m.format for m in net.layers if m.kind == "requant"] == a
     check_exact(net, tx[:20])
     with pytest.raises(FormatError, match="weight formats"):
-        build_qnetwork(model, w[:2], a)
+        quantize_with_formats(model, w[:2], a)
     with pytest.raises(FormatError, match="activation formats"):
-        build_qnetwork(model, w, a[:1])
+        quantize_with_formats(model, w, a[:1])
 
 
 def test_bad_arguments(digits) -> None:  # noqa: ANN001

@@ -24,9 +24,11 @@ def test_fake_quant_matches_reference_bit_for_bit(spec, batch) -> None:
     x = rand_codes(g, (batch, *in_shape), in_fmt, max(extreme, 0.2))
     if batch > 1:  # the corners of the input range
         x[0], x[-1] = in_fmt.qmax, in_fmt.qmin
-    ref = net.integer_forward(x, engine="int64")
+    ref = net.integer_forward(x, arith_path="int64")
     assert ref.dtype == torch.int64
-    assert torch.equal(net.integer_forward(x), ref)  # the float64-where-proven-exact engine
+    assert torch.equal(
+        net.integer_forward(x), ref
+    )  # the float64-where-proven-exact arithmetic path
     fake = net(x.to(torch.float64)) * 2.0**net.logit_frac
     assert torch.equal(fake, fake.round())
     assert torch.equal(fake.to(torch.int64), ref)

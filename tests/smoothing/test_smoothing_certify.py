@@ -42,7 +42,7 @@ def test_constant_classifier_radius_bookkeeping(digits) -> None:
 
 def test_noise_is_integer_and_clamped(digits) -> None:
     net = digits_mlp()
-    s = IntegerSmoothing(net, 0.5, engine="torch")
+    s = IntegerSmoothing(net, 0.5, executor="torch")
     seen = []
     s.logits_fn = lambda q: (seen.append(q), net.integer_forward(q))[1]
     s.sample_counts(digits.images[0], 300, NoiseStream(0))
@@ -101,21 +101,21 @@ def test_cli_certify_json_and_tsv(tmp_path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["arith"] == "float"
 
 
-def test_every_engine_and_batch_size_gives_the_same_counts(digits) -> None:
-    """The noise stream is shared by all engines and independent of the batch size, and every
-    engine computes the same integer logits: the certificates are identical."""
+def test_every_executor_and_batch_size_gives_the_same_counts(digits) -> None:
+    """The noise stream is shared by all executors and independent of the batch size, and every
+    executor computes the same integer logits: the certificates are identical."""
     net = digits_mlp()
     x = digits.images[1]
     runs = [
-        IntegerSmoothing(net, 0.25, batch=b, engine=e).certify(x, 30, 500, 0.01, idx=1)
+        IntegerSmoothing(net, 0.25, batch=b, executor=e).certify(x, 30, 500, 0.01, idx=1)
         for e, b in [("int8", 256), ("int8", 97), ("torch", 256), ("onnx", 500)]
     ]
     for r in runs[1:]:
         assert r.counts == runs[0].counts and r.radius == runs[0].radius
         assert r.predict == runs[0].predict
     assert IntegerSmoothing(net, 0.25).noisy_dtype is np.int8  # the fused int8 path is used
-    with pytest.raises(QcertError, match="unknown engine"):
-        IntegerSmoothing(net, 0.25, engine="gpu")
+    with pytest.raises(QcertError, match="unknown executor"):
+        IntegerSmoothing(net, 0.25, executor="gpu")
 
 
 @pytest.mark.parametrize("cut", ["six fields", "after the 5th tab"])

@@ -165,7 +165,7 @@ def test_bad_configurations_raise_clear_errors(tmp_path, kw, match) -> None:
 
 def test_pgd_counterexamples_skip_only_certified_samples(tmp_path) -> None:
     from qcert.attack import robust_accuracy
-    from qcert.train.evaluate import certified_flags, pgd_counterexamples
+    from qcert.train.metrics import certified_flags, pgd_counterexamples
 
     res = train(_cfg(tmp_path, "q", method="qat", eps=3, epochs=3, pgd_steps=0))
     net = res.net

@@ -85,7 +85,7 @@ def test_bab_without_attacks_and_milp_without_bounds(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_spec_bounds_exact_and_engines_agree(seed: int) -> None:
+def test_spec_bounds_exact_and_arith_paths_agree(seed: int) -> None:
     net = enumerable_net(seed)
     g = torch.Generator().manual_seed(seed)
     lo_v, hi_v = net.input_range
@@ -94,8 +94,8 @@ def test_spec_bounds_exact_and_engines_agree(seed: int) -> None:
     lo, hi = torch.minimum(a, b), torch.maximum(a, b)
     for label in range(net.num_classes):
         spec = OutputSpec.robustness(label, net.num_classes)
-        fast, ref = SpecBounds(net, spec), SpecBounds(net, spec, engine="int64")
-        assert fast.engine == "float64" and ref.engine == "int64"
+        fast, ref = SpecBounds(net, spec), SpecBounds(net, spec, arith_path="int64")
+        assert fast.arith_path == "float64" and ref.arith_path == "int64"
         ub = fast.upper(lo, hi)
         assert torch.equal(ub, ref.upper(lo, hi))
         # the same numbers as qcert.bounds' fused margin bounds: ub(z_j - z_c) = -lb(z_c - z_j)
@@ -163,7 +163,7 @@ def test_verdicts_match_enumeration_many(seed: int) -> None:
     test_bab_without_attacks_and_milp_without_bounds(seed)
 
 
-def test_float32_engine_on_an_8bit_cnn_matches_int64() -> None:
+def test_float32_arith_path_on_an_8bit_cnn_matches_int64() -> None:
     """8-bit weights and pixels: the exactness analysis picks float32 (direct convolutions,
     3×3 stride 1 included) and the bounds equal the int64 reference bit for bit."""
     from qcert.verify import NetBounds
@@ -188,6 +188,6 @@ def test_float32_engine_on_an_8bit_cnn_matches_int64() -> None:
     lo, hi = (x - r).clamp(0, 255), (x + r).clamp(0, 255)
     for label in (0, 7):
         spec = OutputSpec.robustness(label, 10)
-        fast, ref = SpecBounds(net, spec), SpecBounds(net, spec, engine="int64")
+        fast, ref = SpecBounds(net, spec), SpecBounds(net, spec, arith_path="int64")
         assert torch.equal(fast.upper(lo, hi), ref.upper(lo, hi))
         assert torch.equal(fast.values(x), net.integer_forward(x) @ spec.A.t())

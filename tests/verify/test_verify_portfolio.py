@@ -27,7 +27,7 @@ def test_portfolio_matches_enumeration(monkeypatch, bab_gives_up) -> None:
             robust = bool((argmax_first(net.integer_forward(pts)) == y).all())
             res = verify_sample(net, x[0], y, eps, timeout=20.0, method="bab+milp")
             assert res.verdict == ("robust" if robust else "vulnerable")
-            assert res.method == ("milp" if bab_gives_up else "bab")  # which engine decided
+            assert res.method == ("milp" if bab_gives_up else "bab")  # which method decided
             if res.verdict == "vulnerable":
                 cex = torch.tensor(res.counterexample).reshape(1, 3)
                 assert int(net.predict(cex)[0]) != y and bool(((cex >= lo) & (cex <= hi)).all())

@@ -38,7 +38,7 @@ def test_vnnlib_bab_plus_milp_is_the_portfolio(monkeypatch: pytest.MonkeyPatch) 
     net = small_mlp(3, 3, 3)
     x, y = point(net, 3)
     text = robustness_property(x[0].tolist(), 2, y)
-    assert verify_vnnlib(net, text, method="bab+milp", timeout=20).engine == "bab"
+    assert verify_vnnlib(net, text, method="bab+milp", timeout=20).decided_by == "bab"
     budgets: list[float] = []
 
     def gives_up(*args: object, timeout: float, **kw: object) -> SearchOutcome:
@@ -48,7 +48,7 @@ def test_vnnlib_bab_plus_milp_is_the_portfolio(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(query_mod, "bab_search", gives_up)
     res = verify_vnnlib(net, text, method="bab+milp", timeout=20)
     assert len(budgets) == 1 and budgets[0] <= 20 * query_mod.PORTFOLIO_BAB_SHARE
-    assert res.engine == "milp" and res.result in ("sat", "unsat")
+    assert res.decided_by == "milp" and res.result in ("sat", "unsat")
     assert verify_sample(net, x, y, 2, method="bab+milp").method == "milp"
     assert len(budgets) == 2
 
@@ -66,7 +66,7 @@ def test_a_registered_method_serves_both_modes(monkeypatch: pytest.MonkeyPatch) 
     r = verify_sample(net, x, y, 1, method="mine", timeout=5)
     assert (r.verdict, r.method, r.note) == ("timeout", "mine", "mine gave up")
     v = verify_vnnlib(net, robustness_property(x[0].tolist(), 1, y), method="mine", timeout=5)
-    assert (v.result, v.engine) == ("timeout", "mine")
+    assert (v.result, v.decided_by) == ("timeout", "mine")
     assert len(seen) == 2 and all(0 < t <= 5 for _, t in seen)
     with pytest.raises(InputError, match="exists already"):
         register_method("bab", undecided)

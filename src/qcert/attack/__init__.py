@@ -13,17 +13,14 @@ See ``docs/attack.md``.
 
 from __future__ import annotations
 
-from qcert.attack.base import (
-    Attack,
-    AttackResult,
-    FakeForward,
-    Goal,
-    check_box,
-    check_eps,
-    check_labels,
-)
-from qcert.attack.evaluate import robust_accuracy
+from qcert.attack.base import Attack, AttackResult, Goal
 from qcert.attack.pgd import PGD, float_pgd_accuracy, pgd_attack, pgd_float
+from qcert.attack.robustness import robust_accuracy
+
+# the input validators and the fake-quant forward live in qcert.quant (verify, train and
+# layerwise use them too); re-exported here where users found them first
+from qcert.quant.fake_forward import FakeForward
+from qcert.quant.inputs import check_box, check_eps, check_labels
 
 __all__ = [
     "PGD",

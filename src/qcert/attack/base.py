@@ -9,86 +9,15 @@ success they report is re-checked with the reference executor :meth:`QNetwork.in
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from qcert.errors import InputError
-from qcert.quant.layers import QConv2d, QLinear, input_quantize
+from qcert.quant.inputs import check_box, check_labels
 from qcert.quant.network import QNetwork
 
-
-def check_eps(eps: object) -> int:
-    """``eps`` as an int: a non-negative whole number of input steps (bools, NaN, fractions and
-    negative values raise :class:`InputError`)."""
-    if isinstance(eps, bool) or not isinstance(eps, int | float):
-        raise InputError(f"eps must be a non-negative integer number of input steps, got {eps!r}")
-    if isinstance(eps, float) and (not math.isfinite(eps) or eps != int(eps)):
-        raise InputError(f"eps must be a whole number of input steps (integer inputs), got {eps!r}")
-    if eps < 0:
-        raise InputError(f"eps must be non-negative, got {eps!r}")
-    return int(eps)
-
-
-def check_labels(net: QNetwork, labels: object, n: int) -> torch.Tensor:
-    """``labels`` as an int64 vector of length ``n`` with values in ``0..K-1``."""
-    t = torch.as_tensor(labels)
-    if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
-        raise InputError(f"labels must be integers, got dtype {t.dtype}")
-    t = t.to(torch.int64).reshape(-1)
-    if t.numel() != n:
-        raise InputError(f"{t.numel()} labels for {n} inputs")
-    if n and (int(t.min()) < 0 or int(t.max()) >= net.num_classes):
-        raise InputError(f"labels must lie in 0..{net.num_classes - 1}")
-    return t
-
-
-def check_box(
-    net: QNetwork, lo: torch.Tensor, hi: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate an integer box (shapes, whole numbers in the input range, ``lo <= hi``); int64."""
-    lo, hi = net.check_input(lo), net.check_input(hi)
-    if lo.shape != hi.shape:
-        raise InputError(f"box bounds have different shapes {tuple(lo.shape)}, {tuple(hi.shape)}")
-    if bool((lo > hi).any()):
-        raise InputError("box lower bound exceeds its upper bound")
-    return lo, hi
-
-
-class FakeForward:
-    """``net(x) * 2**net.logit_frac`` (the fake-quant forward, logits in integer units) with the
-    quantized weights computed once: the same operations as ``QNetwork.forward``, for the many
-    gradient evaluations of an attack or a split heuristic. Build a new one when weights change."""
-
-    def __init__(self, net: QNetwork, dtype: torch.dtype = torch.float32) -> None:
-        self.net, self.dtype = net, dtype
-        self.params: list[tuple[torch.Tensor, torch.Tensor | None] | None] = []
-        with torch.no_grad():
-            for layer in net.layers:
-                if isinstance(layer, QLinear | QConv2d):
-                    b = layer.fake_bias(dtype)
-                    self.params.append(
-                        (layer.fake_weight(dtype).detach(), None if b is None else b.detach())
-                    )
-                else:
-                    self.params.append(None)
-        self.scale = 2.0**net.logit_frac
-        self.in_scale = 2.0**-net.input_format.frac
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.net.input_range
-        v = input_quantize(x.to(self.dtype), lo, hi) * self.in_scale
-        for layer, p in zip(self.net.layers, self.params):
-            if p is None:
-                v = layer.fake(v)
-            elif isinstance(layer, QLinear):
-                v = F.linear(v, p[0], p[1])
-            else:
-                assert isinstance(layer, QConv2d)
-                v = F.conv2d(v, p[0], p[1], layer.stride, layer.padding)
-        return v * self.scale
+__all__ = ["Attack", "AttackResult", "Goal"]
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,16 @@ the box and take signed-gradient steps projected back onto it (:func:`uniform_st
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 import torch.nn.functional as F
 
-from qcert.attack.base import Attack, AttackResult, FakeForward, Goal
+from qcert.attack.base import Attack, AttackResult, Goal
 from qcert.errors import InputError
+from qcert.quant.fake_forward import FakeForward
 from qcert.quant.floatmodel.model import FloatModel
+from qcert.quant.inputs import check_levels
 from qcert.quant.network import QNetwork
 
 LOSSES = ("targeted", "margin")
@@ -245,15 +246,6 @@ def pgd_attack(
     See :class:`PGD` for the arguments.
     """
     return PGD(net, steps, restarts, step_size, seed, loss)(lo, hi, labels, x0=x0)
-
-
-def check_levels(v: float, what: str) -> float:
-    """``v`` as a non-negative finite number of input levels (real-valued: float inputs)."""
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise InputError(f"{what} must be a finite number of input levels, got {v!r}")
-    if v < 0:
-        raise InputError(f"{what} must be non-negative, got {v!r}")
-    return float(v)
 
 
 def pgd_float(

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import torch
 
-from qcert.errors import InputError
+from qcert.quant.inputs import check_eps, check_labels
 from qcert.quant.layers import QLinear, QRequant
 from qcert.quant.network import QNetwork
 
 
 def eps_box(net: QNetwork, x: torch.Tensor, eps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The integer L∞ box ``[x - eps, x + eps]`` clipped to the network's input range (int64)."""
-    if isinstance(eps, bool) or int(eps) != eps or eps < 0:
-        raise InputError(f"eps must be a non-negative integer number of input steps, got {eps!r}")
+    eps = check_eps(eps)
     x = net.check_input(x)
     lo, hi = net.input_range
-    return (x - int(eps)).clamp(lo, hi), (x + int(eps)).clamp(lo, hi)
+    return (x - eps).clamp(lo, hi), (x + eps).clamp(lo, hi)
 
 
 def _split_point(net: QNetwork) -> tuple[int, bool]:
@@ -45,11 +44,7 @@ def margin_lower_bounds(
     layer is fused with the margin matrix: ``(W_y - W_j) x + (b_y - b_j)`` is bounded directly,
     which is tighter than subtracting the logits' separate bounds.
     """
-    labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
-    if labels.numel() != lo.shape[0]:
-        raise InputError(f"{labels.numel()} labels for {lo.shape[0]} boxes")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= net.num_classes):
-        raise InputError(f"labels must lie in 0..{net.num_classes - 1}")
+    labels = check_labels(net, labels, lo.shape[0], "boxes")
     idx, fused = _split_point(net)
     if fused:
         bounds = net.int_bounds(lo, hi, upto=idx)

@@ -25,6 +25,7 @@ Both fuse the last linear layer with the margin matrix ``C = [e_y - e_j]``: the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ from torch import nn
 from qcert.errors import InputError
 from qcert.quant.floatmodel.walker import leaves
 from qcert.quant.format import round_float
+from qcert.quant.inputs import check_box, check_labels
 from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 
@@ -56,15 +58,6 @@ class IBPBounds:
         lb = self.margin_lb.clone()
         lb[torch.arange(lb.shape[0]), labels] = float("inf")
         return (lb > 0).all(dim=1)
-
-
-def _check_labels(labels: torch.Tensor, batch: int, num_classes: int) -> torch.Tensor:
-    labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
-    if labels.numel() != batch:
-        raise InputError(f"{labels.numel()} labels for {batch} boxes")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise InputError(f"labels must lie in 0..{num_classes - 1}")
-    return labels
 
 
 def _fused_margin(
@@ -90,23 +83,10 @@ def _zero_true_class(lb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return lb.masked_fill(mask, 0.0)
 
 
-def _check_box(lo: torch.Tensor, hi: torch.Tensor, shape: tuple[int, ...]) -> None:
-    if lo.shape != hi.shape:
-        raise InputError(f"box bounds have different shapes {tuple(lo.shape)}, {tuple(hi.shape)}")
-    if lo.dim() != len(shape) + 1 or tuple(lo.shape[1:]) != tuple(shape):
-        raise InputError(
-            f"expected boxes of shape N×{'×'.join(map(str, shape))}, got {tuple(lo.shape)}"
-        )
-    if lo.is_floating_point() and bool(torch.isnan(lo).any() | torch.isnan(hi).any()):
-        raise InputError("box bounds contain NaN")
-    if bool((lo > hi).any()):
-        raise InputError("box lower bound exceeds its upper bound")
-
-
 def _input_box(
     net: QNetwork, lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_box(lo, hi, net.input_shape)
+    check_box(net, lo, hi, integer=False)
     rlo, rhi = net.input_range
     scale = 2.0**-net.input_format.frac
     lo = lo.to(dtype).clamp(rlo, rhi) * scale
@@ -175,7 +155,7 @@ def qaibp_interval_bounds(
     return out
 
 
-def _fusable_last(layers: list[nn.Module], linear_types: tuple[type, ...]) -> bool:
+def _fusable_last(layers: Sequence[nn.Module], linear_types: tuple[type, ...]) -> bool:
     return bool(layers) and isinstance(layers[-1], linear_types)
 
 
@@ -200,7 +180,7 @@ def qaibp_bounds(
         integer step). When the network ends in a :class:`QLinear`, that layer is fused with the
         margin matrix; otherwise ``lb_j = lower(z_y) - upper(z_j)``.
     """
-    labels = _check_labels(labels, lo.shape[0], net.num_classes)
+    labels = check_labels(net, labels, lo.shape[0], "boxes")
     layers = list(net.layers)
     fused = _fusable_last(layers, (QLinear,))
     body = layers[:-1] if fused else layers
@@ -260,10 +240,7 @@ def float_ibp_bounds(
     statement about a quantized version of the model. ``widths`` holds the mean width after each
     ReLU.
     """
-    if lo.shape != hi.shape:
-        raise InputError(f"box bounds have different shapes {tuple(lo.shape)}, {tuple(hi.shape)}")
-    if bool((lo > hi).any()):
-        raise InputError("box lower bound exceeds its upper bound")
+    check_box(None, lo, hi, integer=False)
     layers = [m for _, m in leaves(model)]
     while layers and isinstance(layers[-1], _FLOAT_IDENTITY):
         layers = layers[:-1]
@@ -277,8 +254,11 @@ def float_ibp_bounds(
             widths.append((u - l).mean())
     if l.dim() != 2:
         raise InputError("the float model must end in a vector of logits")
-    num_classes = layers[-1].out_features if fused else l.shape[1]  # type: ignore[union-attr]
-    labels = _check_labels(labels, lo.shape[0], int(num_classes))
+    last_layer = layers[-1]
+    num_classes = (
+        last_layer.out_features if isinstance(last_layer, nn.Linear) and fused else l.shape[1]
+    )
+    labels = check_labels(int(num_classes), labels, lo.shape[0], "boxes")
     if fused:
         last = layers[-1]
         assert isinstance(last, nn.Linear)

@@ -11,7 +11,7 @@ import json
 import os
 import time
 
-from qcert.attack import check_eps, robust_accuracy
+from qcert.attack import robust_accuracy
 from qcert.cli.common import (
     add_dataset_args,
     check_outputs,
@@ -22,6 +22,7 @@ from qcert.cli.common import (
 from qcert.errors import InputError
 from qcert.progress import progress_task
 from qcert.quant import load_model
+from qcert.quant.inputs import check_eps
 from qcert.runs import COUNTEREXAMPLES, read_records, write_atomic
 
 

@@ -8,7 +8,7 @@ import time
 from qcert.cli.common import add_dataset_args, load_dataset_for, positive_int, print_json
 from qcert.progress import progress_task
 from qcert.quant import load_model
-from qcert.quant.evaluate import accuracy
+from qcert.quant.accuracy import accuracy
 
 
 def register(sub: argparse._SubParsersAction) -> None:

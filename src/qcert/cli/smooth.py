@@ -21,6 +21,7 @@ from qcert.cli.common import (
     print_json,
 )
 from qcert.progress import progress_task
+from qcert.quant.executor import EXECUTORS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -32,9 +33,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arith", choices=["int", "float"], default="int")
     p.add_argument(
         "--engine",
-        choices=["int8", "torch", "onnx"],
+        dest="executor",
+        choices=list(EXECUTORS),
         default="int8",
-        help="exact integer engine of the int path: torch's int8 products where provably exact "
+        help="exact integer executor of the int path: torch's int8 products where provably exact "
         "(default, fastest), the reference executor, or onnxruntime's integer kernels; all give "
         "the same results",
     )
@@ -96,7 +98,7 @@ def run_certify(args: argparse.Namespace) -> int:
         summary = certify_dataset(
             net, images, labels, args.sigma, n=args.n, n0=args.n0, alpha=args.alpha,
             arith=args.arith, batch=args.batch, skip=args.skip, n_samples=args.n_samples,
-            seed=args.seed, out=args.out, on_row=on_row, engine=args.engine, ray=args.ray is not None,
+            seed=args.seed, out=args.out, on_row=on_row, executor=args.executor, ray=args.ray is not None,
             ray_address=args.ray, workers=args.workers,
         )  # fmt: skip
     summary.update({"sigma": args.sigma, "n_noise": args.n, "alpha": args.alpha})
@@ -119,7 +121,7 @@ def run_predict(args: argparse.Namespace) -> int:
         summary = predict_dataset(
             net, images, labels, args.sigma, n=args.n, alpha=args.alpha, arith=args.arith,
             batch=args.batch, skip=args.skip, n_samples=args.n_samples, seed=args.seed,
-            engine=args.engine, on_row=(lambda r: prog.advance(task)) if prog is not None else None,
+            executor=args.executor, on_row=(lambda r: prog.advance(task)) if prog is not None else None,
         )  # fmt: skip
     rows = summary.pop("rows")
     if args.json:

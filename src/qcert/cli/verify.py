@@ -109,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
         if args.cex:
             write_atomic(args.cex, text)
         return 0
+    dataset, eps = args.dataset, args.eps
+    assert dataset is not None and eps is not None  # checked above
     n = None if args.n is None else args.start + args.n
-    images, labels, _ = load_dataset_for(net, args.dataset, args.split, args.data_root, n)
+    images, labels, _ = load_dataset_for(net, dataset, args.split, args.data_root, n)
     if args.start >= images.shape[0]:
         raise InputError(f"--start {args.start} is past the {images.shape[0]} samples")
     total = images.shape[0] - args.start
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(rec), flush=True)
 
         summary = verify_dataset(
-            net, images, labels, args.eps, out=args.out, start=args.start, timeout=args.timeout,
+            net, images, labels, eps, out=args.out, start=args.start, timeout=args.timeout,
             method=args.method, options=options, on_result=on_result,
             extra={"model": str(args.model)}, ray=args.ray is not None, ray_address=args.ray,
             workers=args.workers,

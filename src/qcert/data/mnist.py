@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import importlib.util
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def _decode(path_str: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         )
     try:
         with gzip.open(path, "rb") as f:
-            obj = restricted_load(f, source=str(path), encoding="latin1")
+            obj = restricted_load(cast(IO[bytes], f), source=str(path), encoding="latin1")
     except (OSError, EOFError) as exc:
         raise DataError(f"mnist: cannot decompress {path} ({exc})") from exc
     if not (

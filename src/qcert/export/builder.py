@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qcert.errors import ModelFileError
+from qcert.errors import GraphMismatch
 
 # numpy dtype of each integer ONNX element type used here
 NP_OF: dict[int, Any] = {
@@ -149,10 +149,6 @@ class GraphIndex:
     @classmethod
     def of_graph(cls, g: onnx.GraphProto) -> GraphIndex:
         return cls.of(g.node, g.initializer)
-
-
-class GraphMismatch(ModelFileError):
-    """The actual graph differs from the expected one (the message says where)."""
 
 
 @dataclass

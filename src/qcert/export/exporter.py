@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper
 
 import qcert
-from qcert.errors import FormatError
+from qcert.errors import FormatError, InexactExportWarning
 from qcert.export.integer import INPUT_NAME, OUTPUT_NAME, build_integer
 from qcert.export.qdq import build_qdq, qdq_opset, qdq_problems
 from qcert.quant import QNetwork
@@ -28,10 +28,6 @@ METADATA_KEY = "qcert"
 ONNX_FORMAT_NAME = "qcert.onnx"
 ONNX_FORMAT_VERSION = 1
 INTEGER_OPSET = 13
-
-
-class InexactExportWarning(UserWarning):
-    """A QDQ graph (exported or imported) that may not equal the integer semantics bit for bit."""
 
 
 def metadata_of(net: QNetwork, flavour: str) -> dict[str, Any]:

@@ -220,17 +220,17 @@ def emit_conv(
         )
         acc = b.node("Cast", [acc32], f"{tag}_acc64", to=TensorProto.INT64)
     else:
-        x = to_int64(b, v, tag).name
+        xn = to_int64(b, v, tag).name
         c, h, wd = layer.in_shape
         if ph or pw:
             pads = b.const(np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64), f"{tag}_pads")
-            x = b.node("Pad", [x, pads], f"{tag}_padded", mode="constant")
+            xn = b.node("Pad", [xn, pads], f"{tag}_padded", mode="constant")
         hp, wp = h + 2 * ph, wd + 2 * pw
         idx, ho2, wo2 = window_indices(hp, wp, (kh, kw), layer.stride)
         assert (ho2, wo2) == (ho, wo)
         plane = b.node(
             "Reshape",
-            [x, b.const(np.array([0, c, hp * wp], np.int64), f"{tag}_s1")],
+            [xn, b.const(np.array([0, c, hp * wp], np.int64), f"{tag}_s1")],
             f"{tag}_planes",
         )
         win = b.node("Gather", [plane, b.const(idx, f"{tag}_windows")], f"{tag}_gather", axis=2)

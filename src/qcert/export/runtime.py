@@ -1,4 +1,5 @@
-"""Running an exported model in onnxruntime and comparing it with the reference executor."""
+"""Running an exported model in onnxruntime: sessions, logits, the ``onnx`` executor, and the
+comparison with the reference executor."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import onnx
 import torch
 
 from qcert.errors import InputError, ModelFileError
+from qcert.export.exporter import onnx_model
 from qcert.quant import QNetwork, argmax_first
+from qcert.quant.executor import check_executor
 
-_NP_OF_ORT = {
+_NP_OF_ORT: dict[str, Any] = {
     "tensor(uint8)": np.uint8,
     "tensor(int8)": np.int8,
     "tensor(uint16)": np.uint16,
@@ -93,21 +96,23 @@ def onnx_logits(
     return torch.from_numpy(out.astype(np.int64))
 
 
-def random_inputs(net: QNetwork, n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` integer inputs: the two corners of the input range, inputs drawn from the range's
-    extremes only, and uniform ones (int64, N×input shape)."""
-    g = torch.Generator().manual_seed(seed)
-    lo, hi = net.input_range
-    shape = (n, *net.input_shape)
-    x = torch.randint(lo, hi + 1, shape, generator=g)
-    extreme = torch.where(torch.rand(shape, generator=g) < 0.5, lo, hi)
-    pick = torch.rand((n,) + (1,) * len(net.input_shape), generator=g) < 0.3
-    x = torch.where(pick, extreme, x)
-    if n >= 1:
-        x[0] = hi
-    if n >= 2:
-        x[1] = lo
-    return x
+class OnnxExecutor:
+    """The ``onnx`` executor (:func:`qcert.quant.executor.make_executor`): the model's
+    integer-only ONNX graph (MatMulInteger / ConvInteger with integer requantization) in
+    onnxruntime, which uses int8 kernels. Built with ``probes`` inputs compared with the reference
+    executor; a difference raises :class:`~qcert.errors.QcertError`."""
+
+    def __init__(self, net: QNetwork, probes: int = 256, threads: int | None = None) -> None:
+        self.session = session(onnx_model(net, "integer"), threads=threads)
+        inp = self.session.get_inputs()[0]
+        self._input_name = inp.name
+        self._dtype = np.uint8 if inp.type == "tensor(uint8)" else np.int64
+        check_executor(self, net, probes, "the ONNX integer graph")
+
+    def logits(self, q: torch.Tensor) -> torch.Tensor:
+        # callers pass values inside the input range, which the input dtype holds
+        arr = q.numpy().astype(self._dtype, copy=False)
+        return torch.from_numpy(self.session.run(None, {self._input_name: arr})[0])
 
 
 @torch.no_grad()

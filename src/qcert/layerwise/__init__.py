@@ -11,7 +11,7 @@ float models and their file live in :mod:`qcert.quant.floatmodel`, PGD training 
 
 from __future__ import annotations
 
-from qcert.layerwise.build import build_qnetwork
+from qcert.layerwise.build import quantize_with_formats
 from qcert.layerwise.lipschitz import network_lipschitz, spectral_norm
 from qcert.layerwise.metric import deviation_bound
 from qcert.layerwise.search import STRATEGIES, SearchResult, allocate, quantize
@@ -20,7 +20,7 @@ __all__ = [
     "STRATEGIES",
     "SearchResult",
     "allocate",
-    "build_qnetwork",
+    "quantize_with_formats",
     "deviation_bound",
     "network_lipschitz",
     "quantize",

@@ -27,7 +27,7 @@ from qcert.quant.network import DEFAULT_INPUT_FORMAT, QNetwork
 BIAS_BITS = 32
 
 
-def build_qnetwork(
+def quantize_with_formats(
     model: FloatModel,
     weight_formats: Sequence[FixedPointFormat],
     act_formats: Sequence[FixedPointFormat],
@@ -87,4 +87,4 @@ def build_qnetwork(
     return QNetwork(layers, shape, DEFAULT_INPUT_FORMAT, classes=model.classes, meta=meta or {})
 
 
-__all__ = ["BIAS_BITS", "build_qnetwork"]
+__all__ = ["BIAS_BITS", "quantize_with_formats"]

@@ -92,7 +92,7 @@ def folded_weights(model: FloatModel) -> list[tuple[torch.Tensor, torch.Tensor |
     """Each affine layer's (weight, bias) in float64, the first weight scaled so the network acts
     on ``x_int / 256`` (``input_scale * 256`` folded in, as :func:`qcert.quant.from_float` does)."""
     fold = model.input_scale * 2.0**INPUT_FRAC
-    out = []
+    out: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     for s in steps_of(model):
         if s.kind == "affine":
             w, b = s.params()
@@ -278,7 +278,7 @@ def deviation_bound(
     requantization errors ``e_l`` from the reference executor, ``ΔW_l``, ``Δb_l`` from its integer
     weights and biases, and the float network's operator norms (``‖ΔW_l‖`` by power iteration for a
     convolution: an estimate from below). ``net`` must be a quantization of ``model`` by
-    :func:`qcert.layerwise.build.build_qnetwork` or :func:`qcert.quant.from_float` (affine,
+    :func:`qcert.layerwise.build.quantize_with_formats` or :func:`qcert.quant.from_float` (affine,
     requant and flatten layers in the same order)."""
     from qcert.quant.layers import QConv2d, QFlatten, QLinear, QRequant
 
@@ -301,8 +301,9 @@ def deviation_bound(
             if p.bias is not None or layer.bias is not None:
                 b_hat = torch.zeros(p.op.out_shape[0], dtype=torch.float64)
                 if layer.bias is not None:
-                    assert layer.bias_format is not None
-                    b_hat = layer.int_bias().to(torch.float64) * 2.0**-layer.bias_format.frac
+                    b_int = layer.int_bias()
+                    assert b_int is not None and layer.bias_format is not None
+                    b_hat = b_int.to(torch.float64) * 2.0**-layer.bias_format.frac
                 b = p.bias if p.bias is not None else torch.zeros_like(b_hat)
                 full = (b_hat - b).view(1, -1, *([1] * (len(p.op.out_shape) - 1)))
                 db = float(_vec_norm(full.expand(1, *p.op.out_shape), norm)[0])

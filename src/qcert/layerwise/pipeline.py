@@ -8,13 +8,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from qcert.attack import check_eps
 from qcert.errors import InputError
-from qcert.layerwise.evaluate import evaluate_qnetwork
+from qcert.layerwise.scoring import evaluate_qnetwork
 from qcert.layerwise.search import quantize
 from qcert.progress import progress_task
 from qcert.quant import save_model
 from qcert.quant.floatmodel import FloatModel, load_float
+from qcert.quant.inputs import check_eps
 
 
 def _images_for(model: FloatModel, images: Any, name: str) -> Any:

@@ -28,7 +28,7 @@ import torch
 
 from qcert.attack.pgd import pgd_float
 from qcert.errors import InputError
-from qcert.layerwise.build import build_qnetwork
+from qcert.layerwise.build import quantize_with_formats
 from qcert.layerwise.metric import (
     LayerProfile,
     act_error,
@@ -42,6 +42,7 @@ from qcert.layerwise.metric import (
 from qcert.quant.convert import from_float
 from qcert.quant.floatmodel import FloatModel
 from qcert.quant.format import FixedPointFormat, Rounding
+from qcert.quant.inputs import check_levels
 from qcert.quant.layers import QRequant
 from qcert.quant.network import QNetwork
 
@@ -251,8 +252,8 @@ def quantize(
     budget = _check_budget(strategy, avg_bits, min_bits, max_bits)
     if strategy == "lipschitz" and not eps:
         raise InputError("the lipschitz strategy needs eps > 0 (input levels) for its PGD points")
-    if eps is not None and (not math.isfinite(eps) or eps < 0):
-        raise InputError(f"eps must be a non-negative number of input levels, got {eps!r}")
+    if eps is not None:
+        eps = check_levels(eps)
     if calib_y.shape[0] != calib_x.shape[0]:
         raise InputError(f"{calib_x.shape[0]} calibration inputs but {calib_y.shape[0]} labels")
     if weight_term not in WEIGHT_TERMS:
@@ -292,7 +293,7 @@ def quantize(
             if c.act_frac is not None
         ]
         objective = sum(c.value for c in chosen)
-        net = build_qnetwork(model, wformats, aformats, rounding)
+        net = quantize_with_formats(model, wformats, aformats, rounding)
     terms = metric_terms(profiles, wformats, aformats, rounding, weight_term) if eps else []
     result = SearchResult(
         strategy=strategy,

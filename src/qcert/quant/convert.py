@@ -177,7 +177,7 @@ def from_float(
         else:
             assert isinstance(m, nn.AvgPool2d)
             try:
-                add(QAvgPool2d(m.kernel_size, m.stride))  # type: ignore[arg-type]
+                add(QAvgPool2d(m.kernel_size, m.stride))
             except FormatError as e:
                 raise FormatError(f"{label}: {e}") from None
     return QNetwork(layers, input_shape, input_format, classes=classes)
@@ -197,7 +197,9 @@ def to_float(net: QNetwork) -> nn.Sequential:
             w = (layer.int_weight().to(torch.float64) * 2.0**-layer.weight_format.frac).float()
             b = layer.int_bias()
             if isinstance(layer, QLinear):
-                m: nn.Module = nn.Linear(layer.in_features, layer.out_features, bias=b is not None)
+                m: nn.Linear | nn.Conv2d = nn.Linear(
+                    layer.in_features, layer.out_features, bias=b is not None
+                )
             else:
                 m = nn.Conv2d(
                     layer.in_channels,
@@ -210,7 +212,7 @@ def to_float(net: QNetwork) -> nn.Sequential:
             with torch.no_grad():
                 m.weight.copy_(w)
                 if b is not None:
-                    assert layer.bias_format is not None
+                    assert layer.bias_format is not None and m.bias is not None
                     m.bias.copy_((b.to(torch.float64) * 2.0**-layer.bias_format.frac).float())
             mods.append(m)
         elif isinstance(layer, QRequant):

@@ -41,8 +41,9 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from qcert.errors import InputError, QcertError
+from qcert.quant.executor import check_executor
 from qcert.quant.format import Rounding
-from qcert.quant.layers import QConv2d, QFlatten, QLinear, QRequant
+from qcert.quant.layers import QConv2d, QFlatten, QLayer, QLinear, QRequant
 from qcert.quant.network import QNetwork
 
 __all__ = ["Int8Executor", "int8_available"]
@@ -199,7 +200,7 @@ class Int8Executor:
         out_bounds = [(int(lo.min()), int(hi.max())) for lo, hi in bounds]
         in_bounds = [(lo_v, hi_v), *out_bounds[:-1]]
         layers = list(net.layers)
-        self._steps: list[object] = []
+        self._steps: list[_Linear | _FlattenChannelLast | QLayer] = []
         self.fast_layers = 0
         #: why layers that could have been fast were not (an inexact int8 kernel)
         self.notes: list[str] = []
@@ -219,7 +220,8 @@ class Int8Executor:
                     and self._steps[-2].conv is not None
                     and isinstance(layer, QLinear)
                 )
-                chw = self._steps[-1].in_shape if cl else None  # type: ignore[union-attr]
+                prev = self._steps[-1] if self._steps else None
+                chw = prev.in_shape if cl and isinstance(prev, QFlatten) else None
                 step = self._linear(layer, in_bounds[i], out_bounds[i], requant, chw)
                 if step is not None and cl:
                     self._steps[-1] = _FlattenChannelLast()
@@ -232,13 +234,13 @@ class Int8Executor:
             i += 1
         # a fused requantization feeds the next product directly in its int8 representation (its
         # offset was chosen from the same static bounds the requantized values lie in)
-        for k, step in enumerate(self._steps):
+        for k, done in enumerate(self._steps):
             flat = (QFlatten, _FlattenChannelLast)
             nxt = next((s for s in self._steps[k + 1 :] if not isinstance(s, flat)), None)
-            if isinstance(step, _Linear) and step.requant is not None and isinstance(nxt, _Linear):
-                step.out_offset, step.out_int8 = nxt.offset, True
+            if isinstance(done, _Linear) and done.requant is not None and isinstance(nxt, _Linear):
+                done.out_offset, done.out_int8 = nxt.offset, True
         self.input_offset = lo_v + 128 if hi_v - lo_v <= 255 else None
-        self._check(probes)
+        check_executor(self, net, probes, "the int8 executor")
 
     # ------------------------------------------------------------------ construction
     def _linear(
@@ -257,7 +259,8 @@ class Int8Executor:
         conv = None
         if isinstance(layer, QConv2d):
             assert layer.out_shape is not None
-            conv = _Im2col(layer.kernel_size, layer.stride, layer.padding, layer.out_shape[1:])
+            oh, ow = layer.out_shape[1], layer.out_shape[2]
+            conv = _Im2col(layer.kernel_size, layer.stride, layer.padding, (oh, ow))
             w = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)  # out × (kh·kw·C), channel-last
             if any(layer.padding):  # the padding's true 0 must be representable too
                 lo, hi = min(lo, 0), max(hi, 0)
@@ -304,13 +307,6 @@ class Int8Executor:
             return packed
         return None
 
-    def _check(self, probes: int) -> None:
-        from qcert.export.runtime import random_inputs
-
-        x = random_inputs(self.net, probes)
-        if not torch.equal(self.logits(x), self.net.integer_forward(x)):
-            raise QcertError("the int8 executor disagrees with the reference executor")
-
     # ------------------------------------------------------------------ execution
     @torch.no_grad()
     def logits(self, q: torch.Tensor) -> torch.Tensor:
@@ -333,5 +329,5 @@ class Int8Executor:
             elif isinstance(step, _FlattenChannelLast):
                 t = t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
             else:
-                t, offset = step.integer(t.to(torch.int64) + offset), 0  # type: ignore[attr-defined]
+                t, offset = step.integer(t.to(torch.int64) + offset), 0
         return t.to(torch.int64) + offset

@@ -48,8 +48,11 @@ def tensors_of(net: QNetwork) -> dict[str, np.ndarray]:
     each in the narrowest signed integer dtype that holds its format."""
     out = {}
     for i, layer in enumerate(net.layers):
+        if not isinstance(layer, QLinear | QConv2d):  # the only layers with tensors
+            continue
         for name, t in layer.int_tensors().items():
-            fmt = layer.weight_format if name == "weight" else layer.bias_format  # type: ignore[union-attr]
+            fmt = layer.weight_format if name == "weight" else layer.bias_format
+            assert fmt is not None
             dt = smallest_int_dtype(fmt.qmin, fmt.qmax)
             out[f"layers.{i}.{name}"] = t.to(dt).contiguous().numpy()
     return out

@@ -17,6 +17,7 @@ from torch import nn
 
 from qcert.errors import FormatError, InputError
 from qcert.quant.format import FixedPointFormat
+from qcert.quant.inputs import check_box
 from qcert.quant.layers import (
     QAvgPool2d,
     QConv2d,
@@ -86,6 +87,9 @@ class QNetwork(nn.Module):
         meta: free-form JSON-serialisable information saved with the model.
     """
 
+    #: the layers, an ``nn.ModuleList`` of :class:`QLayer` (typed as what it holds)
+    layers: Sequence[QLayer]
+
     def __init__(
         self,
         layers: Sequence[QLayer],
@@ -103,7 +107,7 @@ class QNetwork(nn.Module):
                 raise FormatError(f"layer {i} is a {type(layer).__name__}, not a qcert QLayer")
         if not 2 <= input_format.bits <= 16:
             raise FormatError(f"input bit width {input_format.bits} out of range 2..16")
-        self.layers = nn.ModuleList(layers)
+        self.layers = nn.ModuleList(layers)  # type: ignore[assignment]
         self.input_shape = tuple(int(s) for s in input_shape)
         if not self.input_shape or min(self.input_shape) < 1:
             raise FormatError(f"invalid input shape {tuple(input_shape)}")
@@ -156,10 +160,10 @@ class QNetwork(nn.Module):
         return v
 
     @torch.no_grad()
-    def integer_forward(self, x: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+    def integer_forward(self, x: torch.Tensor, arith_path: str = "auto") -> torch.Tensor:
         """The reference executor: exact int64 logits (units ``2**-logit_frac``) of integer inputs.
 
-        ``engine="int64"`` does every product in int64; ``"auto"`` (default) computes a linear or
+        ``arith_path="int64"`` does every product in int64; ``"auto"`` (default) computes a linear or
         convolution product in float64 where a static bound proves every partial sum below 2**53
         (so the result is the same integers, faster), and in int64 otherwise. Rounding, saturation,
         biases and pooling are always int64.
@@ -167,11 +171,11 @@ class QNetwork(nn.Module):
         Raises :class:`InputError` for a wrong shape, a non-integer tensor or values outside
         ``input_range``.
         """
-        if engine not in ("auto", "int64"):
-            raise InputError(f"engine must be 'auto' or 'int64', got {engine!r}")
+        if arith_path not in ("auto", "int64"):
+            raise InputError(f"arith_path must be 'auto' or 'int64', got {arith_path!r}")
         q = self.check_input(x)
         for layer in self.layers:
-            q = layer.integer(q, engine)
+            q = layer.integer(q, arith_path)
         return q
 
     @torch.no_grad()
@@ -218,9 +222,7 @@ class QNetwork(nn.Module):
         both bounds; every integer input in the box has every intermediate value inside them.
         Returns one (lower, upper) pair per layer (up to layer ``upto``).
         """
-        lo, hi = self.check_input(lo), self.check_input(hi)
-        if bool((lo > hi).any()):
-            raise InputError("box lower bound exceeds its upper bound")
+        lo, hi = check_box(self, lo, hi)
         out = []
         for i, layer in enumerate(self.layers):
             if upto is not None and i >= upto:

@@ -46,9 +46,9 @@ def _plot_eps(verify: list[VerifyRun], training: list[TrainingRun], path: Path) 
     for run in verify:
         if run.eps is not None:
             series[f"{run.model} (verified)"].append((run.eps, run.certified_acc))
-    for run in training:
-        for eps, acc in run.certified.items():
-            series[f"{run.model} (QA-IBP box)"].append((eps, acc))
+    for trun in training:
+        for eps, acc in trun.certified.items():
+            series[f"{trun.model} (QA-IBP box)"].append((eps, acc))
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -10,6 +10,8 @@ that computes their 46 refinement bits and binary-searches the cumulative weight
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit, prange
 
@@ -111,13 +113,13 @@ def noisy_rows(
     ``[lo − offset, hi − offset]`` fits."""
     x = np.ascontiguousarray(x, dtype=np.int64).reshape(-1)
     d = x.size
-    info = np.iinfo(dtype)
+    info: np.iinfo[Any] = np.iinfo(dtype)
     if lo > hi or lo - offset < info.min or hi - offset > info.max:
         raise ValueError(f"[{lo}, {hi}] − {offset} does not fit {np.dtype(dtype).name}")
     row0 = stream.take_rows(k)
     k0, k1 = (np.uint64(v) for v in stream.key)
     words = np.empty((k, 4 * -(-d // 8)), dtype=np.uint32)
-    out = np.empty((k, d), dtype=dtype)
+    out: np.ndarray = np.empty((k, d), dtype=dtype)
     ambiguous = np.empty(k, dtype=np.int64)
     mark = np.zeros((k, 8 * -(-d // 8)), dtype=np.bool_)  # padded to whole uint64 words
     _bulk(k0, k1, row0, noise.guide32, x, lo, hi, offset, words, out, ambiguous, mark)

@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from qcert.errors import QcertError
+from qcert.errors import SmoothingError
 
 __all__ = ["DiscreteGaussian", "NoiseStream", "SmoothingError", "MAX_SIGMA", "RESOLUTION_BITS"]
 
@@ -43,21 +43,22 @@ _AMBIGUOUS = 1 << 40  # marks guide buckets that contain a threshold
 GUIDE32_AMBIGUOUS = np.int32(-(2**31))
 
 
-class SmoothingError(QcertError, ValueError):
-    """Invalid argument to the randomized-smoothing code (noise level, probability, count...)."""
+def validate_sigma(
+    sigma: object, unit: str = "integer input levels", max_sigma: float = MAX_SIGMA
+) -> float:
+    """Return ``sigma`` as a float after checking it is a finite real number in (0, max_sigma].
 
-
-def validate_sigma(sigma: object) -> float:
-    """Return ``sigma`` as a float after checking it is a finite real number in (0, MAX_SIGMA]."""
+    The one check of a noise level: in integer input levels (the default, for the noise itself)
+    or in the ``[0, 1]`` units of the smoothed classifiers (``unit``, with their own bound)."""
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)):
         raise SmoothingError(f"sigma must be a real number, got {type(sigma).__name__}")
     value = float(sigma)
     if math.isnan(value) or math.isinf(value):
         raise SmoothingError(f"sigma must be finite, got {value}")
     if value <= 0.0:
-        raise SmoothingError(f"sigma must be > 0 (integer input levels), got {value}")
-    if value > MAX_SIGMA:
-        raise SmoothingError(f"sigma must be <= {MAX_SIGMA:g} integer levels, got {value}")
+        raise SmoothingError(f"sigma must be > 0 ({unit}), got {value}")
+    if value > max_sigma:
+        raise SmoothingError(f"sigma must be <= {max_sigma:g} {unit}, got {value}")
     return value
 
 
@@ -216,8 +217,7 @@ class DiscreteGaussian:
                 out[sel] = torch.searchsorted(thresholds, u[sel], right=True) - t
             return out.reshape(size)
         if isinstance(generator, np.random.Generator):
-            u = generator.integers(0, _ONE, size=size, dtype=np.int64)
-            return self.values_from_uniform(u)
+            return self.values_from_uniform(generator.integers(0, _ONE, size=size, dtype=np.int64))
         if isinstance(generator, NoiseStream):
             d = size[-1] if size else 1
             rows = math.prod(size[:-1]) if size else 1

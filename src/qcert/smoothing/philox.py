@@ -32,17 +32,17 @@ def philox4x32(
     ``c0..c3`` (broadcast together) under the key ``(k0, k1)``."""
     c = [np.asarray(v, dtype=np.uint64) & _M32 for v in (c0, c1, c2, c3)]
     x0, x1, x2, x3 = np.broadcast_arrays(*c)
-    k0, k1 = np.uint64(k0 & 0xFFFFFFFF), np.uint64(k1 & 0xFFFFFFFF)
+    r0, r1 = np.uint64(k0 & 0xFFFFFFFF), np.uint64(k1 & 0xFFFFFFFF)  # the round keys
     for i in range(ROUNDS):
         if i:
-            k0 = (k0 + np.uint64(W0)) & _M32
-            k1 = (k1 + np.uint64(W1)) & _M32
+            r0 = (r0 + np.uint64(W0)) & _M32
+            r1 = (r1 + np.uint64(W1)) & _M32
         p0 = np.uint64(M0) * x0
         p1 = np.uint64(M1) * x2
         x0, x1, x2, x3 = (
-            (p1 >> np.uint64(32)) ^ x1 ^ k0,
+            (p1 >> np.uint64(32)) ^ x1 ^ r0,
             p1 & _M32,
-            (p0 >> np.uint64(32)) ^ x3 ^ k1,
+            (p0 >> np.uint64(32)) ^ x3 ^ r1,
             p0 & _M32,
         )
     return x0, x1, x2, x3

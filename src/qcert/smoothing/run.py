@@ -74,7 +74,7 @@ def certify_dataset(
     out: str | os.PathLike[str] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    engine: str = "int8",
+    executor: str = "int8",
     ray: bool = False,
     ray_address: str | None = None,
     workers: int | None = None,
@@ -95,14 +95,14 @@ def certify_dataset(
     if n < 1 or n0 < 1:
         raise InputError(f"n and n0 must be ≥ 1, got n={n}, n0={n0}")
     kw = {"logits_fn": logits_fn} if (arith == "int" and logits_fn is not None) else {}
-    smoother = make_smoothing(net, sigma, arith, batch, engine, **kw)
+    smoother = make_smoothing(net, sigma, arith, batch, executor, **kw)
     indices = _indices(images.shape[0], skip, n_samples)
     identity = {
         "model_sha256": model_sha256(net), "sigma": smoother.sigma, "arith": smoother.arith,
         "alpha": alpha,
     }  # fmt: skip
     store = None if out is None else ResultStore(out, SMOOTHING, identity)
-    params = {"sigma": sigma, "arith": arith, "batch": batch, "engine": engine}
+    params = {"sigma": sigma, "arith": arith, "batch": batch, "executor": executor}
     data = {"images": images, "n0": n0, "n": n, "alpha": alpha, "seed": seed}
     work = Work(make_smoothing, params, _certify_step, data)
     noisy, busy = [0], [0.0]
@@ -140,11 +140,11 @@ def predict_dataset(
     n_samples: int | None = None,
     seed: int = 0,
     on_row: Callable[[dict[str, Any]], None] | None = None,
-    engine: str = "int8",
+    executor: str = "int8",
 ) -> dict[str, Any]:
     """PREDICT every ``skip``-th sample; returns accuracy, abstain rate and the rows."""
     _check_alpha(alpha)
-    smoother = make_smoothing(net, sigma, arith, batch, engine)
+    smoother = make_smoothing(net, sigma, arith, batch, executor)
     t0 = time.perf_counter()
 
     def results(todo: list[int]) -> Iterable[tuple[int, Any]]:

@@ -8,7 +8,7 @@ integer input levels: ``sigma_levels = sigma * LEVELS``, ``radius = radius_level
 
 Each sample ``idx`` draws its noise from a generator seeded by ``(seed, idx)``: results do not depend
 on batching, on resuming, or on which worker handles the sample. The integer path draws from a
-:class:`~qcert.smoothing.noise.NoiseStream` (the same draws on every engine), the float path from a
+:class:`~qcert.smoothing.noise.NoiseStream` (the same draws on every executor), the float path from a
 ``torch.Generator``.
 """
 
@@ -18,12 +18,15 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+import qcert.export  # noqa: F401 (registers the onnx executor with make_executor)
 from qcert.quant import QNetwork, to_float
-from qcert.smoothing.noise import DiscreteGaussian, NoiseStream, SmoothingError
+from qcert.quant.executor import classifier, make_executor
+from qcert.smoothing.noise import DiscreteGaussian, NoiseStream, SmoothingError, validate_sigma
 from qcert.smoothing.radius import NOT_CERTIFIED, certified_radius
 from qcert.smoothing.stats import binom_test_abstain, lower_confidence_bound
 
@@ -59,12 +62,10 @@ class _Smoothing:
     arith = ""
 
     def __init__(self, net: QNetwork, sigma: float, batch: int = 1000) -> None:
-        if not (isinstance(sigma, int | float) and math.isfinite(sigma) and sigma > 0):
-            raise SmoothingError(f"sigma must be a positive finite number, got {sigma!r}")
         if batch < 1:
             raise SmoothingError(f"batch must be ≥ 1, got {batch}")
         self.net = net
-        self.sigma = float(sigma)
+        self.sigma = validate_sigma(sigma, "units of the input scaled to [0, 1]", math.inf)
         self.levels = net.input_range[1] - net.input_range[0]
         self.sigma_levels = self.sigma * self.levels
         self.batch = batch
@@ -136,11 +137,11 @@ class IntegerSmoothing(_Smoothing):
     The radius is :func:`qcert.smoothing.radius.certified_radius` for the noise actually sampled
     (sound for integer perturbations, in any dimension; see docs/smoothing.md), divided by LEVELS.
     The noisy inputs come from the fused kernel :func:`qcert.smoothing.kernels.noisy_rows`; the
-    logits from ``engine``: ``int8`` (default: :class:`qcert.quant.int8.Int8Executor`, torch's
-    int8 products where provably exact), ``torch`` (the reference executor) or ``onnx`` (the
-    integer ONNX graph in onnxruntime). ``logits_fn`` replaces the engine by another exact
-    integer function; all must return the same int64 logits, so every engine gives the same
-    results.
+    logits from ``executor`` (:func:`qcert.quant.executor.make_executor`): ``int8`` (default:
+    :class:`qcert.quant.int8.Int8Executor`, torch's int8 products where provably exact),
+    ``torch`` (the reference executor) or ``onnx`` (the integer ONNX graph in onnxruntime).
+    ``logits_fn`` replaces the executor by another exact integer function; all must return the
+    same int64 logits, so every executor gives the same results.
     """
 
     arith = "int"
@@ -151,28 +152,23 @@ class IntegerSmoothing(_Smoothing):
         sigma: float,
         batch: int = 1000,
         logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        engine: str = "int8",
+        executor: str = "int8",
     ) -> None:
         super().__init__(net, sigma, batch)
         self.noise = DiscreteGaussian(self.sigma_levels)
-        from qcert.smoothing.engine import integer_classifier, integer_engine
-
-        self._int8 = None
-        self.offset, self.noisy_dtype = 0, np.int64
-        if logits_fn is None and engine == "int8":
-            from qcert.quant.int8 import Int8Executor
-
-            self._int8 = Int8Executor(net)
-            logits_fn = self._int8.logits
-            if self._int8.input_offset is not None:
-                self.offset, self.noisy_dtype = self._int8.input_offset, np.int8
-        elif logits_fn is None:
-            logits_fn = integer_engine(net, engine)
+        self.offset = 0
+        self.noisy_dtype: type[np.signedinteger[Any]] = np.int64
+        logits_of_noisy: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if logits_fn is None:
+            ex = make_executor(net, executor)
+            logits_fn = ex.logits
+            offset = getattr(ex, "input_offset", None)
+            if offset is not None:  # the int8 executor takes int8 inputs q − offset directly
+                self.offset, self.noisy_dtype = offset, np.int8
+                logits_of_noisy = ex.logits_offset  # type: ignore[attr-defined]
         self.logits_fn = logits_fn
-        self.classify = integer_classifier(  # type: ignore[method-assign]
-            self._int8.logits_offset  # type: ignore[union-attr]
-            if self.noisy_dtype is np.int8
-            else (lambda q: self.logits_fn(q))
+        self.classify = classifier(  # type: ignore[method-assign,assignment]
+            logits_of_noisy or (lambda q: self.logits_fn(q))
         )
         # compile (or load from numba's cache) the noise kernels now, not inside the first input's time
         self._classify_noisy(torch.full(net.input_shape, net.input_range[0]), 1, NoiseStream(0))
@@ -181,7 +177,7 @@ class IntegerSmoothing(_Smoothing):
         return noise_stream(seed, idx, stage)
 
     def noisy(self, x: torch.Tensor, k: int, g: NoiseStream) -> torch.Tensor:
-        """``clamp(x + δ) − offset`` (int8 for the int8 engine, else int64 with offset 0)."""
+        """``clamp(x + δ) − offset`` (int8 for the int8 executor, else int64 with offset 0)."""
         from qcert.smoothing.kernels import noisy_rows
 
         lo, hi = self.net.input_range
@@ -226,11 +222,16 @@ class FloatSmoothing(_Smoothing):
 
 
 def make_smoothing(
-    net: QNetwork, sigma: float, arith: str = "int", batch: int = 1000, engine: str = "int8", **kw
+    net: QNetwork,
+    sigma: float,
+    arith: str = "int",
+    batch: int = 1000,
+    executor: str = "int8",
+    **kw,
 ) -> IntegerSmoothing | FloatSmoothing:
-    """The smoothed classifier for ``arith`` ``"int"`` (on ``engine``) or ``"float"``."""
+    """The smoothed classifier for ``arith`` ``"int"`` (on ``executor``) or ``"float"``."""
     if arith == "int":
-        return IntegerSmoothing(net, sigma, batch, engine=engine, **kw)
+        return IntegerSmoothing(net, sigma, batch, executor=executor, **kw)
     if arith == "float":
         return FloatSmoothing(net, sigma, batch)
     raise SmoothingError(f"arith must be 'int' or 'float', got {arith!r}")

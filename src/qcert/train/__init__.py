@@ -17,8 +17,8 @@ from qcert.quant.floatmodel import ARCHS, build_float
 from qcert.train.archs import build_qnetwork
 from qcert.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from qcert.train.config import METHODS, TrainConfig
-from qcert.train.evaluate import certified_flags, evaluate_network
 from qcert.train.loop import TrainResult, train
+from qcert.train.metrics import certified_flags, evaluate_network
 from qcert.train.pgd import train_pgd
 
 __all__ = [

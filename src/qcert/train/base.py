@@ -16,8 +16,8 @@ from qcert.data import IntDataset
 from qcert.quant.io import save_model
 from qcert.quant.network import QNetwork, argmax_first
 from qcert.train.config import TrainConfig
-from qcert.train.evaluate import evaluate_network
 from qcert.train.losses import robust_loss, width_penalty
+from qcert.train.metrics import evaluate_network
 
 __all__ = [
     "MODEL_NAME",
@@ -120,7 +120,7 @@ class TrainMethod:
     def evaluate_integer(
         self, net: QNetwork, test: IntDataset, log: Callable[[str], None]
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
-        """:func:`~qcert.train.evaluate.evaluate_network` of ``net`` as the config says: the
+        """:func:`~qcert.train.metrics.evaluate_network` of ``net`` as the config says: the
         metrics, and the per-radius certified flags and PGD-attacked flags behind them."""
         c = self.config
         x = test.images.reshape(test.images.shape[0], *net.input_shape)

@@ -26,7 +26,7 @@ from qcert.train.base import (
     TrainMethod,
     cross_entropy_step,
 )
-from qcert.train.evaluate import float_ibp_transfer
+from qcert.train.metrics import float_ibp_transfer
 
 __all__ = ["FloatIBPMethod", "FloatMethod"]
 

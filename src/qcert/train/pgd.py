@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from qcert.attack.pgd import check_levels, float_pgd_accuracy, pgd_float
+from qcert.attack.pgd import float_pgd_accuracy, pgd_float
 from qcert.data import IntDataset
 from qcert.errors import InputError
 from qcert.quant.floatmodel import FLOAT_INPUT_SCALE, FloatModel, save_float
+from qcert.quant.inputs import check_levels
 from qcert.train.base import ScheduleValues, StepStats, cross_entropy_step
 from qcert.train.baselines import FloatMethod
 from qcert.train.checkpoint import CHECKPOINT_NAME, load_checkpoint

@@ -84,7 +84,7 @@ class NoiseMethod(QATMethod):
         self, x: torch.Tensor, y: torch.Tensor, sv: ScheduleValues
     ) -> tuple[torch.Tensor, StepStats]:
         lo, hi = self.net.input_range
-        delta = self.noise.sample(tuple(x.shape), self.gen).to(x.dtype)
+        delta = torch.as_tensor(self.noise.sample(tuple(x.shape), self.gen)).to(x.dtype)
         return super().loss((x + delta).clamp(lo, hi), y, sv)
 
     def meta(self) -> dict:

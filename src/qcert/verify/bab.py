@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qcert.attack import PGD, FakeForward, check_box
+from qcert.attack import PGD
 from qcert.errors import InputError
+from qcert.quant.fake_forward import FakeForward
+from qcert.quant.inputs import check_box
 from qcert.quant.network import QNetwork
 from qcert.verify.bounds import SpecBounds
 from qcert.verify.spec import OutputSpec
@@ -44,7 +46,7 @@ class BabOptions:
             ``inner_steps`` steps on the ``inner_boxes`` open boxes furthest from a proof
             (0 disables it).
         seed: seed of the attacks.
-        engine: bound engine, ``auto`` (float64 where provably exact) or ``int64``.
+        arith_path: the arithmetic path of the bounds, ``auto`` (float64 where provably exact) or ``int64``.
     """
 
     split: str = "smear"
@@ -56,12 +58,12 @@ class BabOptions:
     inner_boxes: int = 32
     inner_steps: int = 5
     seed: int = 0
-    engine: str = "auto"
+    arith_path: str = "auto"
 
     def __post_init__(self) -> None:
         parse_rule(self.split)
-        if self.engine not in ("auto", "int64"):
-            raise InputError(f"engine must be 'auto' or 'int64', got {self.engine!r}")
+        if self.arith_path not in ("auto", "int64"):
+            raise InputError(f"arith_path must be 'auto' or 'int64', got {self.arith_path!r}")
         for name in ("batch", "max_queue"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -153,7 +155,7 @@ def bab_search(
     lo, hi = lo.reshape(1, *net.input_shape), hi.reshape(1, *net.input_shape)
     lo, hi = check_box(net, lo, hi)
     if bounds is None:
-        bounds = SpecBounds(net, spec, opt.engine)
+        bounds = SpecBounds(net, spec, opt.arith_path)
     elif bounds.net is not net or bounds.spec is not spec:
         raise InputError("the prebuilt bounds belong to another network or specification")
     out = SearchOutcome(SAFE, stats={"bound_s": 0.0, "attack_s": 0.0, "split_s": 0.0})

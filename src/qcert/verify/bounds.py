@@ -2,14 +2,15 @@
 
 The same interval propagation as :meth:`QNetwork.int_bounds` (each monotone step applied to both
 bounds), with the last linear layer fused with the specification matrix (``A z = (A W) h + A b``, as
-``qcert.bounds.margin_lower_bounds`` fuses the margin matrix). Two engines compute the same integers:
+``qcert.bounds.margin_lower_bounds`` fuses the margin matrix). Two arithmetic paths
+(``arith_path``) compute the same integers:
 
 * ``int64``: the network's own ``int_bounds`` and int64 products (the reference);
 * ``float``: centre/radius products ``W (l+u)`` and ``|W| (u-l)`` (convolutions as direct sums
   of products: NNPACK's Winograd/FFT switched off), each layer in float32 where a static bound over the whole input range proves
   every intermediate value (products and partial sums, in any order) is an integer below
   ``2**24``, else in float64 where it is below ``2**52``; then every sum and product is exact.
-  Tests check both engines agree bit for bit.
+  Tests check both arithmetic paths agree bit for bit.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ class NetBounds:
 
     Args:
         net: the network (its weights must not change while this object is used).
-        engine: ``"auto"`` (float64 where proven exact, else int64) or ``"int64"``.
+        arith_path: ``"auto"`` (float64 where proven exact, else int64) or ``"int64"``.
     """
 
-    def __init__(self, net: QNetwork, engine: str = "auto") -> None:
-        if engine not in ("auto", "int64"):
-            raise InputError(f"engine must be 'auto' or 'int64', got {engine!r}")
+    def __init__(self, net: QNetwork, arith_path: str = "auto") -> None:
+        if arith_path not in ("auto", "int64"):
+            raise InputError(f"arith_path must be 'auto' or 'int64', got {arith_path!r}")
         self.net = net
         layers = list(net.layers)
         self.fused = isinstance(layers[-1], QLinear)
@@ -63,7 +64,7 @@ class NetBounds:
         for (l, u), _ in zip(net.int_bounds(full_lo, full_hi), self.prefix):
             mags.append(torch.maximum(l.abs(), u.abs()).to(torch.float64))
         self.h_mag = mags[len(self.prefix)].reshape(-1)
-        self.steps = self._float_steps(mags) if engine == "auto" else None
+        self.steps = self._float_steps(mags) if arith_path == "auto" else None
 
     def _float_steps(self, mags: list[torch.Tensor]) -> list[Step] | None:
         """Float steps, each in float32 where its magnitudes stay below ``2**23`` (exact there),
@@ -75,6 +76,7 @@ class NetBounds:
             if isinstance(layer, QLinear | QConv2d):
                 wi = layer.int_weight()
                 b = layer.int_bias_acc()
+                op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                 if isinstance(layer, QLinear):
                     op = _linear_op
                     bshape: tuple[int, ...] = (1, -1)
@@ -164,11 +166,13 @@ class SpecBounds:
     Args:
         net: the network, or a prebuilt :class:`NetBounds` of it.
         spec: the output specification (rows ``A``).
-        engine: ``"auto"`` or ``"int64"`` (ignored when ``net`` is a :class:`NetBounds`).
+        arith_path: ``"auto"`` or ``"int64"`` (ignored when ``net`` is a :class:`NetBounds`).
     """
 
-    def __init__(self, net: QNetwork | NetBounds, spec: OutputSpec, engine: str = "auto") -> None:
-        nb = net if isinstance(net, NetBounds) else NetBounds(net, engine)
+    def __init__(
+        self, net: QNetwork | NetBounds, spec: OutputSpec, arith_path: str = "auto"
+    ) -> None:
+        nb = net if isinstance(net, NetBounds) else NetBounds(net, arith_path)
         if spec.num_classes != nb.net.num_classes:
             raise InputError(
                 f"the specification is over {spec.num_classes} outputs, the network has "
@@ -192,7 +196,7 @@ class SpecBounds:
                 "the specification's coefficients are too large: its bounds could overflow int64"
             )
         self.float64 = nb.steps is not None and spec_mag < EXACT
-        self.engine = "float64" if self.float64 else "int64"
+        self.arith_path = "float64" if self.float64 else "int64"
         self.M64 = self.M.to(torch.float64)
         self.Mabs64 = self.M64.abs()
         self.Mpos, self.Mneg = self.M.clamp(min=0), self.M.clamp(max=0)

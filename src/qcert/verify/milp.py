@@ -37,9 +37,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from qcert.attack import check_box
 from qcert.errors import InputError
 from qcert.quant.format import round_shift
+from qcert.quant.inputs import check_box
 from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 from qcert.verify.bab import SAFE, TIMEOUT, UNSAFE, SearchOutcome
@@ -49,7 +49,7 @@ from qcert.verify.spec import OutputSpec
 try:  # highspy is a dependency; import lazily-failing so the rest of qcert works without it
     import highspy
 except ImportError:  # pragma: no cover
-    highspy = None
+    highspy = None  # type: ignore[assignment]
 
 INF = float("inf")
 HALF = 0.5  # integer rows are relaxed by this much on each side

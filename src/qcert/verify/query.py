@@ -10,8 +10,8 @@ up in :data:`METHODS` and re-checks every counterexample with the reference exec
 * ``bab+milp``: branch and bound for :data:`PORTFOLIO_BAB_SHARE` of the time, then the MILP on a
   query still open.
 
-A method is a function ``(query: Query, timeout: float) -> (SearchOutcome, engine)`` where
-``engine`` names what decided; :func:`register_method` adds one.
+A method is a function ``(query: Query, timeout: float) -> (SearchOutcome, decided_by)`` where
+``decided_by`` names what decided; :func:`register_method` adds one.
 """
 
 from __future__ import annotations
@@ -56,10 +56,11 @@ Method = Callable[[Query, float], tuple[SearchOutcome, str]]
 @dataclass
 class QueryResult:
     """What a query decided: ``outcome`` (status ``safe`` / ``unsafe`` / ``timeout``, and for
-    ``unsafe`` the counterexample, re-checked), the ``engine`` that decided and the ``seconds``."""
+    ``unsafe`` the counterexample, re-checked), ``decided_by`` (the method that decided) and the
+    ``seconds``."""
 
     outcome: SearchOutcome
-    engine: str
+    decided_by: str
     seconds: float
 
     @property
@@ -75,7 +76,7 @@ class QueryResult:
     @property
     def work(self) -> int:
         """Boxes bounded (branch and bound) or MILPs solved (MILP)."""
-        if self.engine == "milp":
+        if self.decided_by == "milp":
             return int(self.outcome.stats.get("solves", 0))
         return self.outcome.boxes
 
@@ -94,9 +95,9 @@ def _milp(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
 
 def _portfolio(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
     t0 = time.monotonic()
-    outcome, engine = _bab(q, timeout * PORTFOLIO_BAB_SHARE)
+    outcome, decided_by = _bab(q, timeout * PORTFOLIO_BAB_SHARE)
     if outcome.status != "timeout":
-        return outcome, engine
+        return outcome, decided_by
     # what branch and bound left open goes to the exact MILP
     return _milp(q, max(1e-3, timeout - (time.monotonic() - t0)))
 
@@ -147,7 +148,7 @@ def verify_query(
     timeout = check_timeout(timeout)
     t0 = time.monotonic()
     query = Query(net, lo, hi, spec, options, x0, bounds, fake)
-    outcome, engine = run(query, timeout)
+    outcome, decided_by = run(query, timeout)
     if outcome.status == UNSAFE:
         assert outcome.counterexample is not None
         x = outcome.counterexample.reshape(1, *net.input_shape)
@@ -155,4 +156,4 @@ def verify_query(
         if not inside or not bool(spec.holds(net.integer_forward(x))[0]):
             raise AssertionError("a counterexample failed the final re-check")
         outcome.counterexample = x
-    return QueryResult(outcome, engine, time.monotonic() - t0)
+    return QueryResult(outcome, decided_by, time.monotonic() - t0)

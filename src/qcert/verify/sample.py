@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from qcert.attack import FakeForward, check_eps, check_labels
 from qcert.bounds import eps_box
 from qcert.errors import InputError
+from qcert.quant.fake_forward import FakeForward
+from qcert.quant.inputs import check_eps, check_labels
 from qcert.quant.network import QNetwork
 from qcert.runs import (
     MISCLASSIFIED,
@@ -54,7 +55,7 @@ class VerifyResult:
             ``misclassified`` (then ``x`` itself), else None; re-checked by ``net.predict``.
         boxes_explored: boxes bounded (BaB) or MILPs solved (MILP).
         predicted: the class of the counterexample (or of ``x``) by the reference executor.
-        method: the engine that decided (``bab`` or ``milp``).
+        method: the method that decided (``bab`` or ``milp``).
         note: how the verdict was reached (or why it timed out).
     """
 
@@ -106,7 +107,7 @@ class Verifier:
     def _spec(self, label: int) -> tuple[OutputSpec, SpecBounds]:
         if label not in self._specs:
             if self._nb is None:
-                self._nb = NetBounds(self.net, self.options.engine)
+                self._nb = NetBounds(self.net, self.options.arith_path)
             spec = OutputSpec.robustness(label, self.net.num_classes)
             self._specs[label] = (spec, SpecBounds(self._nb, spec))
         return self._specs[label]
@@ -170,15 +171,17 @@ def _result(net: QNetwork, y: int, res: QueryResult, seconds: float) -> VerifyRe
     o = res.outcome
     parts = (res.work, y)
     if res.proven:
-        return VerifyResult(ROBUST, seconds, None, *parts, y, res.engine, o.note, o.stats)
+        return VerifyResult(ROBUST, seconds, None, *parts, y, res.decided_by, o.note, o.stats)
     cex = res.counterexample
     if cex is not None:
         pred = int(net.predict(cex)[0])
         if pred == y:
             raise AssertionError("a counterexample failed the final re-check")
         flat = [int(v) for v in cex.reshape(-1).tolist()]
-        return VerifyResult(VULNERABLE, seconds, flat, *parts, pred, res.engine, o.note, o.stats)
-    return VerifyResult(TIMEOUT, seconds, None, *parts, None, res.engine, o.note, o.stats)
+        return VerifyResult(
+            VULNERABLE, seconds, flat, *parts, pred, res.decided_by, o.note, o.stats
+        )
+    return VerifyResult(TIMEOUT, seconds, None, *parts, None, res.decided_by, o.note, o.stats)
 
 
 # ---------------------------------------------------------------------------- datasets
@@ -228,7 +231,7 @@ def verify_dataset(
         raise InputError(f"start must be a non-negative integer, got {start!r}")
     if start >= x.shape[0]:
         raise InputError(f"start {start} is past the {x.shape[0]} samples")
-    params = {"method": method, "split": split, "options": options, "seed": seed}
+    params: dict[str, Any] = {"method": method, "split": split, "options": options, "seed": seed}
     verifier = Verifier(net, **params)
     work = Work(Verifier, params, _verify_step, {"x": x, "y": y, "eps": eps, "timeout": timeout})
     sha = model_sha256(net)

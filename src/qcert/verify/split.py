@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from qcert.attack import FakeForward
 from qcert.errors import InputError
+from qcert.quant.fake_forward import FakeForward
 from qcert.quant.layers import QConv2d, QLinear
 from qcert.quant.network import QNetwork
 from qcert.verify.bounds import SpecBounds

@@ -24,17 +24,12 @@ from typing import Union
 
 import torch
 
-from qcert.errors import InputError
+from qcert.errors import VnnlibError
 from qcert.quant.network import QNetwork
 from qcert.runs import SAT, TIMEOUT, UNSAT
 from qcert.verify.bab import BabOptions
 from qcert.verify.query import check_method, check_timeout, verify_query
 from qcert.verify.spec import OutputSpec
-
-
-class VnnlibError(InputError):
-    """A VNN-LIB file is malformed or outside the supported subset."""
-
 
 SExpr = Union[str, list["SExpr"]]  # noqa: UP007 (a recursive alias needs Union at runtime)
 MAX_DISJUNCTS = 10_000
@@ -242,8 +237,8 @@ def parse_vnnlib(text: str, net: QNetwork) -> VnnlibProperty:
         rows = []
         for coefs, op, rhs in conj:
             vec = [Fraction(0)] * k
-            for v, a in coefs.items():
-                vec[int(v[2:])] = a
+            for v, coef in coefs.items():
+                vec[int(v[2:])] = coef
             rows.append((vec, op, rhs))
         disjuncts.append(rows)
     spec = OutputSpec.from_rational(disjuncts, k)
@@ -277,22 +272,22 @@ def _input_bound(
         b = b - 1 if upper else b + 1
     i = int(v[2:])
     if upper:
-        hi[i] = b if hi[i] is None else min(hi[i], b)  # type: ignore[type-var]
+        hi[i] = b if hi[i] is None else min(hi[i], b)  # type: ignore[type-var,assignment]
     else:
-        lo[i] = b if lo[i] is None else max(lo[i], b)  # type: ignore[type-var]
+        lo[i] = b if lo[i] is None else max(lo[i], b)  # type: ignore[type-var,assignment]
 
 
 @dataclass
 class VnnlibResult:
     """``result``: ``sat``, ``unsat`` or ``timeout``; for ``sat`` the integer input and logits;
-    ``engine``: what decided (``bab`` or ``milp``)."""
+    ``decided_by``: what decided (``bab`` or ``milp``)."""
 
     result: str
     seconds: float
     inputs: list[int] | None = None
     outputs: list[int] | None = None
     note: str = ""
-    engine: str = ""
+    decided_by: str = ""
 
     def vnncomp(self) -> str:
         """The VNN-COMP result text: the verdict line, then ``((X_0 v) ... (Y_0 v) ...)``."""
@@ -336,10 +331,12 @@ def verify_vnnlib(
     seconds = time.monotonic() - t0
     note = res.outcome.note
     if res.proven:
-        return VnnlibResult(UNSAT, seconds, note=note, engine=res.engine)
+        return VnnlibResult(UNSAT, seconds, note=note, decided_by=res.decided_by)
     x = res.counterexample
     if x is not None:  # re-checked by verify_query: inside the box, logits in the unsafe region
         z = net.integer_forward(x)
         inputs = [int(v) for v in x.reshape(-1).tolist()]
-        return VnnlibResult(SAT, seconds, inputs, [int(v) for v in z[0].tolist()], note, res.engine)
-    return VnnlibResult(TIMEOUT, seconds, note=note, engine=res.engine)
+        return VnnlibResult(
+            SAT, seconds, inputs, [int(v) for v in z[0].tolist()], note, res.decided_by
+        )
+    return VnnlibResult(TIMEOUT, seconds, note=note, decided_by=res.decided_by)

@@ -193,7 +193,7 @@ def build_float(
                 seen_dense += 1
             with torch.no_grad():
                 m.weight.copy_(w)  # type: ignore[operator]
-                m.bias.copy_(b)  # type: ignore[operator,union-attr]
+                m.bias.copy_(b)  # type: ignore[operator]
             mods.append(m)
             if not (kind == "dense" and seen_dense == n_dense):
                 mods.append(nn.ReLU())

@@ -125,7 +125,7 @@ def describe(module: nn.Module) -> list[dict[str, Any]]:
                     "out_channels": m.out_channels,
                     "kernel_size": list(m.kernel_size),
                     "stride": list(m.stride),
-                    "padding": list(m.padding),  # type: ignore[arg-type]
+                    "padding": list(m.padding),
                     "bias": m.bias is not None,
                 }
             )
@@ -249,7 +249,7 @@ def _affine(d: dict[str, Any], i: int, tensors: dict[str, np.ndarray], what: str
     with torch.no_grad():
         m.weight.copy_(_tensor(tensors, f"layers.{i}.weight", wshape, what))  # type: ignore[operator]
         if has_bias:
-            m.bias.copy_(_tensor(tensors, f"layers.{i}.bias", (wshape[0],), what))  # type: ignore[operator,union-attr]
+            m.bias.copy_(_tensor(tensors, f"layers.{i}.bias", (wshape[0],), what))  # type: ignore[operator]
     return m
 
 

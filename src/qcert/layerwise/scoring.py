@@ -1,6 +1,6 @@
 """Clean, PGD and QA-IBP-certified accuracy of a quantized network, all with exact integer checks.
 
-* ``clean_acc``: :func:`qcert.quant.evaluate.accuracy` (the reference executor);
+* ``clean_acc``: :func:`qcert.quant.accuracy.accuracy` (the reference executor);
 * ``pgd_acc``: :func:`qcert.attack.robust_accuracy` (every counterexample re-checked by the
   reference executor): an upper bound on the true robust accuracy;
 * ``ibp_certified_acc``: :func:`qcert.bounds.certified_accuracy` (exact int64 QA-IBP): a sound
@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from qcert.attack import check_eps, robust_accuracy
+from qcert.attack import robust_accuracy
 from qcert.bounds import certified_accuracy
-from qcert.quant.evaluate import accuracy
+from qcert.quant.accuracy import accuracy
+from qcert.quant.inputs import check_eps
 from qcert.quant.network import QNetwork
 
 

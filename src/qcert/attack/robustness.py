@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from qcert.attack.base import check_eps, check_labels
 from qcert.attack.pgd import PGD
 from qcert.bounds import eps_box
 from qcert.errors import InputError
+from qcert.quant.inputs import check_eps, check_labels
 from qcert.quant.network import QNetwork
 
 

@@ -1,13 +1,5 @@
-"""Quantized layers. Each has two executions of one semantics:
-
-* ``integer(q)``: the reference, exact int64 arithmetic on integer codes;
-* ``fake(v)``: the float simulation on real values ``q * 2**-frac`` (differentiable, clipped STE),
-  bit-exact with ``integer`` when run in float64 on networks whose accumulators stay below 2**53;
-
-plus ``int_bounds(lo, hi)``: exact elementwise int64 interval propagation (the QA-IBP step that
-applies each monotone operation to both bounds). A layer is *bound* by its :class:`QNetwork`, which
-tells it the fractional bits of its input.
-"""
+"""The affine layers: :class:`QLinear` and :class:`QConv2d` (integer weights and biases, an exact
+int64 accumulator, a float64 product where a static bound proves it exact)."""
 
 from __future__ import annotations
 
@@ -19,27 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from qcert.errors import FormatError
-from qcert.quant.format import (
-    FixedPointFormat,
-    Rounding,
-    fake_requantize,
-    requantize,
-    round_float,
-)
+from qcert.quant.format import FixedPointFormat
+from qcert.quant.layers.base import QLayer, Shape, _pair
 
-Shape = tuple[int, ...]
-
-
-def _pair(v: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        pair = (v, v)
-    elif isinstance(v, tuple | list) and len(v) == 2:
-        pair = (v[0], v[1])
-    else:
-        raise FormatError(f"{name} must be an int or a pair of ints, got {v!r}")
-    if not all(isinstance(p, int) and not isinstance(p, bool) for p in pair):
-        raise FormatError(f"{name} must be integers, got {v!r}")
-    return pair
+__all__ = ["QConv2d", "QLinear", "quantize_weight"]
 
 
 def quantize_weight(w: torch.Tensor, fmt: FixedPointFormat, ste: bool = False) -> torch.Tensor:
@@ -50,56 +25,6 @@ def quantize_weight(w: torch.Tensor, fmt: FixedPointFormat, ste: bool = False) -
     y = w * (2.0**fmt.frac)
     r = y + (torch.round(y) - y).detach() if ste else torch.round(y)
     return torch.clamp(r, fmt.qmin, fmt.qmax)
-
-
-class QLayer(nn.Module):
-    """Base class of the quantized layers."""
-
-    kind: str = ""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.in_frac: int | None = None
-        self.out_frac: int | None = None
-        self.in_shape: Shape | None = None
-        self.out_shape: Shape | None = None
-        self.in_mag: int | None = None
-
-    def bind(self, in_shape: Shape, in_frac: int, in_mag: int | None = None) -> tuple[Shape, int]:
-        """Fix the input's shape (without batch) and fractional bits; return the output's.
-
-        ``in_mag`` bounds ``|input|`` for every input the network can receive (set by QNetwork); an
-        affine layer uses it to prove when a float64 product is exact.
-        """
-        out_shape, out_frac = self._bind(tuple(in_shape), in_frac)
-        self.in_mag = in_mag
-        self.in_shape, self.in_frac = tuple(in_shape), in_frac
-        self.out_shape, self.out_frac = out_shape, out_frac
-        return out_shape, out_frac
-
-    def _bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
-        raise NotImplementedError
-
-    def fake(self, v: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
-        """Exact int64 output. ``engine`` matters only for affine layers (see ``_affine_int``)."""
-        raise NotImplementedError
-
-    def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def config(self) -> dict[str, Any]:
-        """The layer's entry in the model file's JSON header (without tensors)."""
-        return {"type": self.kind}
-
-    def int_tensors(self) -> dict[str, torch.Tensor]:
-        """The integer tensors saved in the model file, by local name."""
-        return {}
-
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return self.fake(v)
 
 
 class _Affine(QLayer):
@@ -201,20 +126,22 @@ class _Affine(QLayer):
         fan_in = math.prod(self.weight.shape[1:])
         return fan_in * self.in_mag * max(-wf.qmin, wf.qmax) < 1 << 53
 
-    def _affine_int(self, q: torch.Tensor, w: torch.Tensor, engine: str = "auto") -> torch.Tensor:
+    def _affine_int(
+        self, q: torch.Tensor, w: torch.Tensor, arith_path: str = "auto"
+    ) -> torch.Tensor:
         """The bare integer product (linear map or convolution), exact, as int64.
 
-        ``engine="int64"`` computes in int64; ``"auto"`` uses a float64 product where
+        ``arith_path="int64"`` computes in int64; ``"auto"`` uses a float64 product where
         :meth:`float64_exact` proves it exact for the operands (checked), else int64.
         """
-        if engine == "auto" and self.float64_exact() and q.numel():
+        if arith_path == "auto" and self.float64_exact() and q.numel():
             assert self.in_mag is not None
             if int(q.abs().max()) <= self.in_mag:
                 return self._op(q.to(torch.float64), w.to(torch.float64)).to(torch.int64)
         return self._op(q.to(torch.int64), w.to(torch.int64))
 
-    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
-        acc = self._affine_int(q, self.int_weight(), engine)
+    def integer(self, q: torch.Tensor, arith_path: str = "auto") -> torch.Tensor:
+        acc = self._affine_int(q, self.int_weight(), arith_path)
         b = self.int_bias_acc()
         if b is not None:
             acc = acc + b.view(1, -1, *([1] * (acc.dim() - 2)))
@@ -395,119 +322,3 @@ class QConv2d(_Affine):
             "padding": list(self.padding),
             **self._format_config(),
         }
-
-
-class QRequant(QLayer):
-    """Activation quantizer: shift to ``format`` with ``rounding``, then saturate.
-
-    An unsigned format makes this ReLU with saturation; a signed one saturates only.
-    """
-
-    kind = "requant"
-
-    def __init__(self, format: FixedPointFormat, rounding: Rounding | str = Rounding.HALF_UP):
-        super().__init__()
-        if not 2 <= format.bits <= 16:
-            raise FormatError(f"activation bit width {format.bits} out of range 2..16")
-        self.format = format
-        self.rounding = Rounding.parse(rounding)
-
-    def _bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
-        return in_shape, self.format.frac
-
-    def fake(self, v: torch.Tensor) -> torch.Tensor:
-        return fake_requantize(v, self.format, self.rounding)
-
-    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
-        assert self.in_frac is not None, "layer is not bound to a network"
-        return requantize(q, self.in_frac, self.format, self.rounding)
-
-    def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.integer(lo), self.integer(hi)
-
-    def config(self) -> dict[str, Any]:
-        return {"type": self.kind, "format": self.format.to_dict(), "rounding": self.rounding.value}
-
-    def extra_repr(self) -> str:
-        return f"{self.format}, rounding={self.rounding.value}"
-
-
-class QFlatten(QLayer):
-    """Flattens C×H×W to one dimension (row-major, as ``torch.flatten``)."""
-
-    kind = "flatten"
-
-    def _bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
-        return (math.prod(in_shape),), in_frac
-
-    def fake(self, v: torch.Tensor) -> torch.Tensor:
-        return v.flatten(1)
-
-    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
-        return q.flatten(1)
-
-    def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return lo.flatten(1), hi.flatten(1)
-
-
-class QAvgPool2d(QLayer):
-    """Average pooling over windows whose area is a power of two ``2**p``: exact, as a window sum
-    held with ``p`` more fractional bits. No padding."""
-
-    kind = "avgpool2d"
-
-    def __init__(
-        self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None
-    ) -> None:
-        super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
-        area = self.kernel_size[0] * self.kernel_size[1]
-        if min(self.kernel_size) < 1 or min(self.stride) < 1:
-            raise FormatError(f"avgpool2d kernel and stride must be ≥ 1, got {kernel_size}")
-        if area & (area - 1):
-            raise FormatError(
-                f"avgpool2d kernel {self.kernel_size} has area {area}, not a power of two; "
-                "integer average pooling is exact only for power-of-two window areas"
-            )
-        self.shift = area.bit_length() - 1
-
-    def _bind(self, in_shape: Shape, in_frac: int) -> tuple[Shape, int]:
-        if len(in_shape) != 3:
-            raise FormatError(f"avgpool2d expects input C×H×W, got shape {in_shape}")
-        hw = [
-            (size - k) // s + 1 for size, k, s in zip(in_shape[1:], self.kernel_size, self.stride)
-        ]
-        if min(hw) < 1:
-            raise FormatError(f"avgpool2d kernel {self.kernel_size} larger than input {in_shape}")
-        return (in_shape[0], hw[0], hw[1]), in_frac + self.shift
-
-    def _window_sum(self, x: torch.Tensor) -> torch.Tensor:
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        return x.unfold(2, kh, sh).unfold(3, kw, sw).sum(dim=(-1, -2))
-
-    def fake(self, v: torch.Tensor) -> torch.Tensor:
-        return self._window_sum(v) * (2.0**-self.shift)
-
-    def integer(self, q: torch.Tensor, engine: str = "auto") -> torch.Tensor:
-        return self._window_sum(q)
-
-    def int_bounds(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._window_sum(lo), self._window_sum(hi)
-
-    def extra_repr(self) -> str:
-        return f"k={self.kernel_size}, s={self.stride}"
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "type": self.kind,
-            "kernel_size": list(self.kernel_size),
-            "stride": list(self.stride),
-        }
-
-
-def input_quantize(x: torch.Tensor, lo: int, hi: int, ste: bool = True) -> torch.Tensor:
-    """Integer input codes from a float tensor in input units: round half up and clip to
-    ``[lo, hi]`` (identity on valid integer inputs; straight-through gradient for attacks)."""
-    r = x + (round_float(x, Rounding.HALF_UP) - x).detach() if ste else round_float(x, "half_up")
-    return torch.clamp(r, lo, hi)
