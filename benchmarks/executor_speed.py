@@ -10,57 +10,31 @@ Usage: python benchmarks/executor_speed.py [--n 10000] [--batch 1000]
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import torch
-from torch import nn
+from bench_common import int8_model, int_options, mnist_float_models, per_second
 
 from qcert.data import load
-from qcert.quant import from_float
 
 
 def timed(fn, x: torch.Tensor, batch: int) -> float:
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for s in range(0, x.shape[0], batch):
-            fn(x[s : s + batch])
-    return x.shape[0] / (time.perf_counter() - t0)
+    def run() -> None:
+        with torch.no_grad():
+            for s in range(0, x.shape[0], batch):
+                fn(x[s : s + batch])
+
+    return per_second(x.shape[0], run)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--n", type=int, default=10000)
-    p.add_argument("--batch", type=int, default=1000)
-    args = p.parse_args()
-    torch.manual_seed(0)
+    args = int_options(__doc__, n=10000, batch=1000)
     test = load("mnist", "test", n=args.n)
-    models = {
-        "mlp 784-256-128-10": nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(784, 256),
-            nn.ReLU(),
-            nn.Linear(256, 128),
-            nn.ReLU(),
-            nn.Linear(128, 10),
-        ),
-        "cnn (16,5,2) (32,3,2) 100 10": nn.Sequential(
-            nn.Conv2d(1, 16, 5, 2),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, 2),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(32 * 5 * 5, 100),
-            nn.ReLU(),
-            nn.Linear(100, 10),
-        ),
-    }
+    models = mnist_float_models()
     print(
         f"{'model':30s} {'reference':>11s} {'ref int64-only':>15s} {'fake-quant f32':>15s} "
         f"{'fake-quant f64':>15s} {'f32/reference':>14s}"
     )
     for name, model in models.items():
-        net = from_float(model.eval(), test.images[:500], bits=8)
+        net = int8_model(model, test.images[:500])
         x = test.images
         # warm up, and check the two paths agree on this data
         ref = net.integer_forward(x[:200])

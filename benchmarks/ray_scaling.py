@@ -6,43 +6,26 @@ each and the ratio 2 workers / 1 worker. Usage: python benchmarks/ray_scaling.py
 
 from __future__ import annotations
 
-import argparse
-import time
-
-import torch
-from torch import nn
+from bench_common import MLP, int8_model, int_options, mnist_float_models, per_second
 
 from qcert.data import load
 from qcert.parallel import shutdown
-from qcert.quant import from_float
 from qcert.smoothing.run import certify_dataset
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--samples", type=int, default=12)
-    p.add_argument("--n", type=int, default=4000)
-    args = p.parse_args()
-    torch.manual_seed(0)
+    args = int_options(__doc__, samples=12, n=4000)
     test = load("mnist", "test", n=args.samples)
-    model = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(784, 256),
-        nn.ReLU(),
-        nn.Linear(256, 128),
-        nn.ReLU(),
-        nn.Linear(128, 10),
-    )
-    net = from_float(model.eval(), test.images, bits=8)
+    net = int8_model(mnist_float_models()[MLP], test.images)
     rates = {}
     for workers in (1, 2):
         kw = dict(n=args.n, n0=100, batch=1000, ray=True, workers=workers)
         certify_dataset(
             net, test.images, test.labels, 0.25, n_samples=2, **kw
         )  # start Ray, warm up
-        t0 = time.perf_counter()
-        certify_dataset(net, test.images, test.labels, 0.25, **kw)
-        rates[workers] = args.samples / (time.perf_counter() - t0)
+        rates[workers] = per_second(
+            args.samples, lambda kw=kw: certify_dataset(net, test.images, test.labels, 0.25, **kw)
+        )
         shutdown()
         print(f"{workers} worker(s): {rates[workers]:.2f} samples/s (n={args.n} noisy draws each)")
     print(f"ratio 2 workers / 1 worker: {rates[2] / rates[1]:.2f}x")

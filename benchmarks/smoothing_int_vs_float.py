@@ -22,16 +22,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
+from bench_common import MLP, int8_model, mnist_float_models
 
 from qcert.data import load
-from qcert.quant import from_float, load_model
+from qcert.quant import load_model
 from qcert.quant.executor import EXECUTORS
 from qcert.smoothing.run import certify_dataset
-from qcert.smoothing.smooth import (
-    FloatSmoothing,
-    IntegerSmoothing,
-)
+from qcert.smoothing.smooth import FloatSmoothing, IntegerSmoothing
 
 
 def cpu_flags() -> str:
@@ -89,12 +86,7 @@ def main() -> None:
     if args.model:
         net = load_model(args.model)
     else:
-        torch.manual_seed(0)
-        model = nn.Sequential(
-            nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-            nn.Linear(128, 10),
-        )  # fmt: skip
-        net = from_float(model.eval(), test.images[:500], bits=8)
+        net = int8_model(mnist_float_models()[MLP], test.images[:500])
     x = test.images.reshape(-1, *net.input_shape)
     print(f"CPU: {cpu_flags()}; torch threads {torch.get_num_threads()}; σ = {args.sigma}")
 

@@ -7,38 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from qcert import from_float, save_model
 from qcert.cli.main import main
 from qcert.data import load
 
 
-@pytest.fixture(scope="module")
-def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    ds = load("digits", "train")
-    x = ds.images.reshape(-1, 64).float() / 255
-    m = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-    opt = torch.optim.Adam(m.parameters(), 2e-2)
-    for _ in range(30):
-        loss = nn.functional.cross_entropy(m(x), ds.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net = from_float(m, ds.images[:200].reshape(-1, 64), bits=8)
-    path = tmp_path_factory.mktemp("attack") / "digits.qnn"
-    save_model(net, path)
-    return path
-
-
 def test_attack_json_and_out(
-    digits_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    digits_qnn: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cex.jsonl"
     argv = [
         "attack",
-        str(digits_model),
+        str(digits_qnn),
         "--dataset",
         "digits",
         "--eps",
@@ -59,7 +39,7 @@ def test_attack_json_and_out(
     assert len(lines) == summary["counterexamples"] > 0
     from qcert import load_model
 
-    net = load_model(digits_model)
+    net = load_model(digits_qnn)
     ds = load("digits", "test", n=40)
     for rec in lines:
         pt = torch.tensor(rec["input"]).reshape(1, 1, 8, 8).reshape(1, 64)
@@ -68,16 +48,16 @@ def test_attack_json_and_out(
         assert int(net.predict(pt)[0]) == rec["predicted"] != rec["label"]
 
 
-def test_attack_text_output(digits_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["attack", str(digits_model), "--dataset", "digits", "--eps", "1", "--n", "5"]
+def test_attack_text_output(digits_qnn: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["attack", str(digits_qnn), "--dataset", "digits", "--eps", "1", "--n", "5"]
     assert main(argv) == 0
     assert "robust accuracy" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("eps", ["-1", "1.5", "nan", "x"])
-def test_attack_bad_eps(digits_model: Path, eps: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_attack_bad_eps(digits_qnn: Path, eps: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
-        main(["attack", str(digits_model), "--dataset", "digits", "--eps", eps])
+        main(["attack", str(digits_qnn), "--dataset", "digits", "--eps", eps])
     assert e.value.code == 2
     assert "--eps" in capsys.readouterr().err
 

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from qnets import small_mlp
+from qnets import box_points, small_mlp
 
 from qcert.attack import PGD, Goal, pgd_attack
 from qcert.bounds import eps_box
@@ -17,12 +17,6 @@ from qcert.quant import QNetwork, argmax_first
 
 def small_net(seed: int, d: int, k: int, logit_requant: bool, rounding: str) -> QNetwork:
     return small_mlp(seed, d, k, logit_requant, rounding, hidden=6)
-
-
-def box_points(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(
-        list(itertools.product(*[range(int(a), int(b) + 1) for a, b in zip(lo, hi)]))
-    )
 
 
 @pytest.mark.parametrize("rounding", ["half_up", "half_even", "floor"])

@@ -3,38 +3,20 @@ is an upper bound of the exact robust accuracy; ε is validated."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
+from qnets import box_points, small_mlp
 
 from qcert.attack import robust_accuracy
 from qcert.bounds import eps_box
 from qcert.errors import InputError
-from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant
+from qcert.quant import QNetwork
 
 
 def small_net(seed: int) -> QNetwork:
-    g = torch.Generator().manual_seed(seed)
-    w, a = FixedPointFormat(4, True, 2), FixedPointFormat(3, False, 1)
-    b = FixedPointFormat(8, True, 3)
-    layers = [
-        QLinear.from_int(
-            torch.randint(-8, 8, (5, 3), generator=g),
-            torch.randint(-40, 40, (5,), generator=g),
-            w,
-            b,
-        ),
-        QRequant(a, "half_up"),
-        QLinear.from_int(
-            torch.randint(-8, 8, (3, 5), generator=g),
-            torch.randint(-20, 20, (3,), generator=g),
-            w,
-            b,
-        ),
-    ]
-    return QNetwork(layers, (3,), FixedPointFormat(4, False, 2))
+    return small_mlp(seed, 3, 3)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -64,9 +46,7 @@ def test_counterexamples_real_and_accuracy_bounds(seed: int) -> None:
     # exact robust accuracy by enumeration: PGD's is an upper bound of it
     exact = 0
     for i in range(30):
-        pts = torch.tensor(
-            list(itertools.product(*[range(int(a), int(b) + 1) for a, b in zip(lo[i], hi[i])]))
-        )
+        pts = box_points(lo[i], hi[i])
         exact += bool((net.predict(pts) == y[i]).all())
     assert exact / 30 <= out["robust_acc"] <= out["clean_acc"]
     assert math.isclose(out["robust_acc"], 1 - len(out["counterexamples"]) / 30)

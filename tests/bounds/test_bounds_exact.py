@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from qnets import small_mlp
+from qnets import box_points, small_mlp
 
 from qcert.bounds import certify_boxes, eps_box, margin_lower_bounds, required_margin
 from qcert.errors import InputError
@@ -33,9 +31,7 @@ def test_bounds_contain_every_integer_input(seed, d, k, logit_requant, rounding,
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randint(0, 16, (1, d), generator=g)
     lo, hi = eps_box(net, x, eps)
-    pts = torch.tensor(
-        list(itertools.product(*[range(int(a), int(b) + 1) for a, b in zip(lo[0], hi[0])]))
-    )
+    pts = box_points(lo[0], hi[0])
     bounds = net.int_bounds(lo, hi)
     q = pts
     for layer, (l, u) in zip(net.layers, bounds):

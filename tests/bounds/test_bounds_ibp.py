@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from qnets import small_mlp
+from qnets import box_points, small_mlp, small_nets
 from torch import nn
 
 from qcert.bounds import eps_box, margin_lower_bounds
@@ -19,77 +17,19 @@ from qcert.bounds.ibp import (
     qaibp_interval_bounds,
 )
 from qcert.errors import InputError
-from qcert.quant import (
-    FixedPointFormat,
-    QAvgPool2d,
-    QConv2d,
-    QFlatten,
-    QLinear,
-    QNetwork,
-    QRequant,
-)
+from qcert.quant import FixedPointFormat, QNetwork
 from qcert.train.archs import build_qnetwork
-
-IN_FMT = FixedPointFormat(4, False, 2)
 
 
 def mlp_net(seed: int, d: int, k: int, logit_requant: bool, rounding: str) -> QNetwork:
     return small_mlp(seed, d, k, logit_requant, rounding, logit_bits=4)
 
 
-def conv_net(seed: int, k: int, rounding: str) -> QNetwork:
-    """conv (3 ch, 2×2, stride 1, pad 1) → requant → avgpool 2×2 → flatten → linear."""
-    g = torch.Generator().manual_seed(seed)
-    w, b = FixedPointFormat(4, True, 2), FixedPointFormat(8, True, 3)
-    a = FixedPointFormat(4, False, 2)
-    layers = [
-        QConv2d.from_int(
-            torch.randint(-8, 8, (3, 1, 2, 2), generator=g),
-            torch.randint(-40, 40, (3,), generator=g),
-            w,
-            b,
-            stride=1,
-            padding=1,
-        ),
-        QRequant(a, rounding),
-        QAvgPool2d(2),
-        QFlatten(),
-        QLinear.from_int(
-            torch.randint(-8, 8, (k, 3), generator=g),
-            torch.randint(-20, 20, (k,), generator=g),
-            w,
-            b,
-        ),
-    ]
-    return QNetwork(layers, (1, 2, 2), IN_FMT)
-
-
 def _scale(net: QNetwork, i: int) -> float:
     return 2.0 ** -net.layers[i].out_frac
 
 
-def _points(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    flat_lo, flat_hi = lo[0].reshape(-1), hi[0].reshape(-1)
-    pts = itertools.product(*[range(int(a), int(b) + 1) for a, b in zip(flat_lo, flat_hi)])
-    return torch.tensor(list(pts)).reshape(-1, *lo.shape[1:])
-
-
-NETS = st.one_of(
-    st.builds(
-        mlp_net,
-        seed=st.integers(0, 10**6),
-        d=st.integers(1, 3),
-        k=st.integers(2, 4),
-        logit_requant=st.booleans(),
-        rounding=st.sampled_from(["half_up", "half_even", "floor"]),
-    ),
-    st.builds(
-        conv_net,
-        seed=st.integers(0, 10**6),
-        k=st.integers(2, 4),
-        rounding=st.sampled_from(["half_up", "half_even", "floor"]),
-    ),
-)
+NETS = small_nets(logit_bits=4)
 
 
 @settings(max_examples=120, deadline=None)
@@ -101,7 +41,7 @@ def test_float64_training_bounds_equal_exact_and_contain_every_input(net, eps, x
     lo, hi = eps_box(net, x, eps)
     exact = net.int_bounds(lo, hi)
     train = qaibp_interval_bounds(net, lo, hi, dtype=torch.float64)
-    pts = _points(lo, hi)
+    pts = box_points(lo[0], hi[0])
     q = pts
     for i, (layer, (el, eu), (tl, tu)) in enumerate(zip(net.layers, exact, train)):
         s = _scale(net, i)
@@ -134,7 +74,7 @@ def test_real_valued_training_box_contains_every_integer_input(net, xseed, sixte
     lo_r, hi_r = x.double() - frac_eps, x.double() + frac_eps
     lo_i = torch.ceil(lo_r).clamp(*net.input_range).to(torch.int64)
     hi_i = torch.floor(hi_r).clamp(*net.input_range).to(torch.int64)
-    pts = _points(lo_i, hi_i)
+    pts = box_points(lo_i[0], hi_i[0])
     z = net.integer_forward(pts).to(torch.float64) * 2.0**-net.logit_frac
     for y in range(net.num_classes):
         lb = qaibp_bounds(net, lo_r, hi_r, torch.tensor([y]), dtype=torch.float64).margin_lb

@@ -7,26 +7,15 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from qnets import digits_mlp
 
 from qcert import save_model
 from qcert.cli.main import main
-from qcert.quant import FixedPointFormat, QFlatten, QLinear, QNetwork, QRequant
 
 
 @pytest.fixture()
 def digits_model(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    w = FixedPointFormat(8, True, 7)
-    net = QNetwork(
-        [
-            QFlatten(),
-            QLinear.from_int(torch.randint(-128, 128, (16, 64), generator=g), None, w, None),
-            QRequant(FixedPointFormat(8, False, 4)),
-            QLinear.from_int(torch.randint(-128, 128, (10, 16), generator=g), None, w, None),
-        ],
-        (1, 8, 8),
-    )
+    net = digits_mlp()
     path = tmp_path / "m.qnn"
     save_model(net, path)
     return net, path

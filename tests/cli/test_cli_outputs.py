@@ -8,14 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+from qnets import digits_mlp
 
 import qcert.cli.attack
 import qcert.cli.smooth
 import qcert.cli.verify
 from qcert import save_model
 from qcert.cli.main import main
-from qcert.quant import FixedPointFormat, QFlatten, QLinear, QNetwork
 
 VNNLIB = "".join(f"(declare-const X_{i} Real)\n" for i in range(64))
 VNNLIB += "".join(f"(declare-const Y_{j} Real)\n" for j in range(10))
@@ -24,12 +23,7 @@ VNNLIB += "(assert (>= X_0 10))\n(assert (<= X_0 12))\n(assert (>= Y_1 Y_0))\n"
 
 def linear_digits_model(path: Path, seed: int = 0) -> Path:
     """A one-layer 8×8 → 10 integer network (fast to verify), saved to ``path``."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randint(-128, 128, (10, 64), generator=g)
-    net = QNetwork(
-        [QFlatten(), QLinear.from_int(w, None, FixedPointFormat(8, True, 7), None)], (1, 8, 8)
-    )
-    save_model(net, path)
+    save_model(digits_mlp(seed, hidden=None), path)
     return path
 
 

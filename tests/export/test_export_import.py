@@ -177,37 +177,43 @@ def _set_const(model: onnx.ModelProto, name: str, value) -> None:
     raise KeyError(name)
 
 
-def test_qdq_refusals(tmp_path) -> None:
-    base = third_party_qdq()
-    m = onnx.ModelProto()
-    m.CopyFrom(base)
-    _set_const(m, "s_w1", 0.3)
-    with pytest.raises(ModelFileError, match="not a power of two"):
-        from_onnx(_save(m, tmp_path))
-    m.CopyFrom(base)
-    _set_const(m, "z_i8", 3)
-    with pytest.raises(ModelFileError, match="nonzero zero point"):
-        from_onnx(_save(m, tmp_path))
-    m.CopyFrom(base)
+def _per_channel_weight_scale(m: onnx.ModelProto) -> None:
     _set_const(m, "s_w1", np.full((3,), 2.0**-7, np.float32))
     for node in m.graph.node:
         if node.input and node.input[0] == "w1":
             node.attribute.append(helper.make_attribute("axis", 0))
-    with pytest.raises(ModelFileError, match="per-channel"):
-        from_onnx(_save(m, tmp_path))
-    m.CopyFrom(base)
+
+
+def _sigmoid_for_relu(m: onnx.ModelProto) -> None:
     for node in m.graph.node:
         if node.op_type == "Relu":
             node.op_type = "Sigmoid"
-    with pytest.raises(ModelFileError, match="operator Sigmoid is not supported"):
-        from_onnx(_save(m, tmp_path))
-    m.CopyFrom(base)
+
+
+def _maxpool_for_reshape(m: onnx.ModelProto) -> None:
     for node in m.graph.node:
         if node.op_type == "Reshape":
             node.op_type = "MaxPool"
             del node.input[1:]
             node.attribute.extend([helper.make_attribute("kernel_shape", [1, 1])])
-    with pytest.raises(ModelFileError, match="MaxPool"):
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda m: _set_const(m, "s_w1", 0.3), "not a power of two"),
+        (lambda m: _set_const(m, "z_i8", 3), "nonzero zero point"),
+        (_per_channel_weight_scale, "per-channel"),
+        (_sigmoid_for_relu, "operator Sigmoid is not supported"),
+        (_maxpool_for_reshape, "MaxPool"),
+    ],
+    ids=["scale", "zero-point", "per-channel", "sigmoid", "maxpool"],
+)
+def test_qdq_refusals(tmp_path, change, match: str) -> None:
+    m = onnx.ModelProto()
+    m.CopyFrom(third_party_qdq())
+    change(m)
+    with pytest.raises(ModelFileError, match=match):
         from_onnx(_save(m, tmp_path))
 
 

@@ -11,116 +11,49 @@ from __future__ import annotations
 import onnx
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto
+from qnets import (
+    ROUNDING_RULES,
+    NetSpace,
+    formats,
+    rand_codes,
+    random_networks,
+    requant_rule,
+    wide_bias,
+)
 
 from qcert.errors import FormatError
 from qcert.export import onnx_logits, onnx_model, random_inputs, session, to_onnx
 from qcert.export.integer import INT8_MAX_FAN_IN, plan_integer
-from qcert.quant import (
-    FixedPointFormat,
-    QAvgPool2d,
-    QConv2d,
-    QFlatten,
-    QLinear,
-    QNetwork,
-    QRequant,
-    Rounding,
+from qcert.quant import FixedPointFormat, QAvgPool2d, QConv2d, QFlatten, QLinear, QNetwork, QRequant
+
+AVOIDED_OPS = {"Clip", "Min", "Max", "ReduceSum"}
+BITS = st.sampled_from([2, 3, 4, 7, 8, 8, 8, 9, 12, 16])
+#: conv with stride and padding, pooling with and without stride, wide formats, accumulators fed
+#: on unrequantized (mostly requantized: 4 in 5), ties and saturation
+SPACE = NetSpace(
+    extremes=(0.0, 0.3, 0.8),
+    input_format=formats(BITS, st.booleans(), st.integers(-2, 10)),
+    weight_format=formats(BITS, st.booleans(), st.integers(-2, 10)),
+    bias_format=wide_bias(st.sampled_from([8, 16, 24, 32]), headroom=60),
+    requant=requant_rule(BITS, st.one_of(st.integers(-2, 3), st.integers(4, 24))),
+    channels=st.integers(1, 3),
+    side=st.integers(2, 7),
+    padding=st.integers(0, 2),
+    stride=st.integers(1, 3),
+    out_channels=st.integers(1, 4),
+    pool_stride=st.sampled_from([None, (1, 1)]),
+    conv_requant=st.integers(0, 4).map(bool),
+    features=st.integers(1, 8),
+    hidden_requant=st.integers(0, 4).map(bool),
 )
 
-BITS = [2, 3, 4, 7, 8, 8, 8, 9, 12, 16]
-AVOIDED_OPS = {"Clip", "Min", "Max", "ReduceSum"}
 
-
-def rand_codes(g: torch.Generator, shape, fmt: FixedPointFormat, extreme: float) -> torch.Tensor:
-    q = torch.randint(fmt.qmin, fmt.qmax + 1, shape, generator=g)
-    u = torch.rand(shape, generator=g)
-    q = torch.where(u < extreme / 2, torch.full_like(q, fmt.qmin), q)
-    return torch.where(u > 1 - extreme / 2, torch.full_like(q, fmt.qmax), q).to(torch.float64)
-
-
-@st.composite
-def networks(draw):
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    extreme = draw(st.sampled_from([0.0, 0.3, 0.8]))
-
-    def fmt(signed=None, lo=-4, hi=12):
-        s = draw(st.booleans()) if signed is None else signed
-        return FixedPointFormat(draw(st.sampled_from(BITS)), s, draw(st.integers(lo, hi)))
-
-    def bias_for(acc_frac: int, n: int):
-        if not draw(st.booleans()):
-            return None, None
-        bits = draw(st.sampled_from([8, 16, 24, 32]))
-        lo_frac, hi_frac = max(-32, acc_frac - (60 - bits)), min(32, acc_frac)
-        if lo_frac > hi_frac:  # the accumulator scale is beyond what a bias format can hold
-            return None, None
-        frac = draw(st.integers(lo_frac, hi_frac))
-        bf = FixedPointFormat(bits, True, frac)
-        return rand_codes(g, (n,), bf, extreme), bf
-
-    def requant(in_frac: int) -> QRequant:
-        shift = draw(st.one_of(st.integers(-2, 3), st.integers(4, 24)))  # ties and saturation
-        f = FixedPointFormat(
-            draw(st.sampled_from(BITS)),
-            draw(st.booleans()),
-            max(-32, min(32, in_frac - shift)),
-        )
-        return QRequant(f, draw(st.sampled_from(list(Rounding))))
-
-    in_fmt = fmt(lo=-2, hi=10)
-    layers: list = []
-    frac = in_fmt.frac
-    if draw(st.booleans()):
-        c, h, w = draw(st.integers(1, 3)), draw(st.integers(2, 7)), draw(st.integers(2, 7))
-        input_shape: tuple[int, ...] = (c, h, w)
-        shape: tuple[int, ...] = input_shape
-        for _ in range(draw(st.integers(0, 2))):
-            pad = draw(st.integers(0, 2))
-            k = draw(st.integers(1, min(h, w) + 2 * pad))
-            oc = draw(st.integers(1, 4))
-            wf = fmt(lo=-2, hi=10)
-            b, bf = bias_for(frac + wf.frac, oc)
-            conv = QConv2d.from_int(
-                rand_codes(g, (oc, c, k, k), wf, extreme), b, wf, bf, draw(st.integers(1, 3)), pad
-            )
-            layers.append(conv)
-            shape, frac = conv.bind(shape, frac)
-            if draw(st.booleans()) and min(shape[1:]) >= 2:
-                kernel = draw(st.sampled_from([(1, 2), (2, 1), (2, 2)]))
-                stride = draw(st.sampled_from([None, (1, 1)]))
-                pool = QAvgPool2d(kernel, stride)
-                layers.append(pool)
-                shape, frac = pool.bind(shape, frac)
-            if draw(st.integers(0, 4)):  # mostly requantize; sometimes feed the accumulator on
-                rq = requant(frac)
-                layers.append(rq)
-                shape, frac = rq.bind(shape, frac)
-            c, h, w = shape
-        layers.append(QFlatten())
-        d = c * h * w
-    else:
-        d = draw(st.integers(1, 8))
-        input_shape = (d,)
-    n_linear = draw(st.integers(1, 3))
-    for i in range(n_linear):
-        out = draw(st.integers(1, 5)) if i < n_linear - 1 else draw(st.integers(2, 5))
-        wf = fmt(lo=-2, hi=10)
-        b, bf = bias_for(frac + wf.frac, out)
-        layers.append(QLinear.from_int(rand_codes(g, (out, d), wf, extreme), b, wf, bf))
-        frac += wf.frac
-        if (i < n_linear - 1 and draw(st.integers(0, 4))) or (
-            i == n_linear - 1 and draw(st.booleans())
-        ):
-            rq = requant(frac)
-            layers.append(rq)
-            frac = rq.format.frac
-        d = out
-    try:
-        return QNetwork(layers, input_shape, in_fmt)
-    except FormatError:  # values could overflow int64: not a network qcert accepts
-        assume(False)
+def networks() -> st.SearchStrategy[QNetwork]:
+    """Networks qcert accepts (values that could overflow int64 are not)."""
+    return random_networks(SPACE).map(lambda spec: spec.network(skip_overflow=True))
 
 
 def check_equal(net: QNetwork, model: onnx.ModelProto, x: torch.Tensor, level: str = "all"):
@@ -210,7 +143,7 @@ def test_largest_shifts_are_exact_and_larger_ones_refused(rounding: str) -> None
 
 def test_ties_round_by_each_rule() -> None:
     """Requantizing k/2 and k/4 with every rule (ties are where the rules differ)."""
-    for rounding in Rounding:
+    for rounding in ROUNDING_RULES:
         u8 = FixedPointFormat(8, False, 0)
         lin = QLinear.from_int(
             torch.tensor([[1.0], [-1.0], [3.0]]), None, FixedPointFormat(3, True, 2), None

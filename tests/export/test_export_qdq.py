@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from qnets import NetSpace, formats, random_networks, requant_rule
 
 from qcert.errors import FormatError
 from qcert.export import (
@@ -24,101 +25,39 @@ from qcert.export import (
     random_inputs,
     session,
 )
-from qcert.quant import (
-    FixedPointFormat,
-    QAvgPool2d,
-    QConv2d,
-    QFlatten,
-    QLinear,
-    QNetwork,
-    QRequant,
+from qcert.quant import FixedPointFormat, QAvgPool2d, QConv2d, QFlatten, QLinear, QNetwork, QRequant
+
+
+def qdq_bias(draw, acc_frac: int) -> FixedPointFormat:
+    return FixedPointFormat(
+        12, True, draw(st.integers(max(-32, acc_frac - 6), max(-32, min(32, acc_frac))))
+    )
+
+
+#: meant to be QDQ-exact: half-even 8/16-bit requantization, small sums
+SPACE = NetSpace(
+    extremes=(0.0, 0.5, 1.0),
+    input_format=st.sampled_from(
+        [
+            FixedPointFormat(8, False, 8),
+            FixedPointFormat(4, False, 2),
+            FixedPointFormat(8, True, 4),
+            FixedPointFormat(12, True, 0),
+        ]
+    ),
+    weight_format=formats(st.sampled_from([2, 4, 7, 8, 12]), st.booleans(), st.integers(-2, 8)),
+    bias_format=qdq_bias,
+    requant=requant_rule(st.sampled_from([8, 8, 16]), st.integers(-2, 12), st.just("half_even")),
+    side=st.integers(2, 6),
+    convs=st.integers(1, 2),
+    linears=st.integers(1, 2),
+    hidden=st.integers(2, 5),
 )
 
 
-def codes(g: torch.Generator, shape, fmt: FixedPointFormat, extreme: float) -> torch.Tensor:
-    q = torch.randint(fmt.qmin, fmt.qmax + 1, shape, generator=g)
-    u = torch.rand(shape, generator=g)
-    q = torch.where(u < extreme / 2, torch.full_like(q, fmt.qmin), q)
-    return torch.where(u > 1 - extreme / 2, torch.full_like(q, fmt.qmax), q).to(torch.float64)
-
-
 @st.composite
-def qdq_networks(draw):
-    """Networks meant to be QDQ-exact: half-even 8/16-bit requantization, small sums."""
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    extreme = draw(st.sampled_from([0.0, 0.5, 1.0]))
-
-    def wfmt():
-        return FixedPointFormat(
-            draw(st.sampled_from([2, 4, 7, 8, 12])), draw(st.booleans()), draw(st.integers(-2, 8))
-        )
-
-    def requant(in_frac: int) -> QRequant:
-        bits = draw(st.sampled_from([8, 8, 16]))
-        shift = draw(st.integers(-2, 12))
-        fmt = FixedPointFormat(bits, draw(st.booleans()), max(-32, min(32, in_frac - shift)))
-        return QRequant(fmt, "half_even")
-
-    def bias(acc_frac: int, n: int):
-        if not draw(st.booleans()):
-            return None, None
-        bf = FixedPointFormat(
-            12, True, draw(st.integers(max(-32, acc_frac - 6), max(-32, min(32, acc_frac))))
-        )
-        return codes(g, (n,), bf, extreme), bf
-
-    in_fmt = draw(
-        st.sampled_from(
-            [
-                FixedPointFormat(8, False, 8),
-                FixedPointFormat(4, False, 2),
-                FixedPointFormat(8, True, 4),
-                FixedPointFormat(12, True, 0),
-            ]
-        )
-    )
-    layers: list = []
-    frac = in_fmt.frac
-    if draw(st.booleans()):
-        c, h, w = draw(st.integers(1, 2)), draw(st.integers(2, 6)), draw(st.integers(2, 6))
-        shape: tuple[int, ...] = (c, h, w)
-        input_shape = shape
-        for _ in range(draw(st.integers(1, 2))):
-            pad = draw(st.integers(0, 1))
-            k = draw(st.integers(1, min(h, w) + 2 * pad))
-            oc = draw(st.integers(1, 3))
-            wf = wfmt()
-            b, bf = bias(frac + wf.frac, oc)
-            w_codes = codes(g, (oc, c, k, k), wf, extreme)
-            conv = QConv2d.from_int(w_codes, b, wf, bf, draw(st.integers(1, 2)), pad)
-            layers.append(conv)
-            shape, frac = conv.bind(shape, frac)
-            if draw(st.booleans()) and min(shape[1:]) >= 2:
-                pool = QAvgPool2d(draw(st.sampled_from([(1, 2), (2, 1), (2, 2)])))
-                layers.append(pool)
-                shape, frac = pool.bind(shape, frac)
-            rq = requant(frac)
-            layers.append(rq)
-            shape, frac = rq.bind(shape, frac)
-            c, h, w = shape
-        layers.append(QFlatten())
-        d = c * h * w
-    else:
-        d = draw(st.integers(1, 6))
-        input_shape = (d,)
-    n_linear = draw(st.integers(1, 2))
-    for i in range(n_linear):
-        out = draw(st.integers(2, 5))
-        wf = wfmt()
-        b, bf = bias(frac + wf.frac, out)
-        layers.append(QLinear.from_int(codes(g, (out, d), wf, extreme), b, wf, bf))
-        frac += wf.frac
-        if i < n_linear - 1 or draw(st.booleans()):
-            rq = requant(frac)
-            layers.append(rq)
-            frac = rq.format.frac
-        d = out
-    net = QNetwork(layers, input_shape, in_fmt)
+def qdq_networks(draw) -> QNetwork:
+    net = draw(random_networks(SPACE)).network()
     assume(not qdq_problems(net))
     return net
 

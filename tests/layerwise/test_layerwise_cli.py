@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from qnets import fit
 from torch import nn
 
 from qcert.cli.main import main
@@ -24,12 +24,7 @@ def float_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(1)
     module = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
     model = FloatModel(module, (1, 8, 8), 1 / 256, tr.classes, {"eps": 6})
-    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
-    for _ in range(120):
-        loss = F.cross_entropy(model.logits(tr.images.float()), tr.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(model.logits, module.parameters(), tr.images.float(), tr.labels, steps=120, lr=1e-2)
     path = tmp_path_factory.mktemp("lw") / "float.safetensors"
     save_float(model, path)
     return path

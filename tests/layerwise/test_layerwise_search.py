@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from qnets import fit
 from torch import nn
 
 from qcert.data import load
@@ -29,13 +29,7 @@ def digits() -> tuple[FloatModel, torch.Tensor, torch.Tensor, torch.Tensor, torc
         nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 10)
     )
     model = FloatModel(module, (1, 8, 8), 1 / 256, [str(i) for i in range(10)])
-    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
-    x = tr.images.float()
-    for _ in range(150):
-        loss = F.cross_entropy(model.logits(x), tr.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit(model.logits, module.parameters(), tr.images.float(), tr.labels, steps=150, lr=1e-2)
     module.eval()
     return model, tr.images[:256], tr.labels[:256], te.images, te.labels
 

@@ -7,39 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from qnets import digits_mlp
 from scipy.stats import norm
 
 from qcert import save_model
 from qcert.cli.main import main
 from qcert.data import load
 from qcert.errors import InputError, QcertError
-from qcert.quant import FixedPointFormat, QFlatten, QLinear, QNetwork, QRequant
 from qcert.smoothing.noise import NoiseStream
 from qcert.smoothing.radius import certified_radius
 from qcert.smoothing.run import COLUMNS, certify_dataset, predict_dataset, read_rows
 from qcert.smoothing.smooth import ABSTAIN, FloatSmoothing, IntegerSmoothing
-
-
-def digits_net(constant: bool = False) -> QNetwork:
-    g = torch.Generator().manual_seed(0)
-    w = FixedPointFormat(8, True, 7)
-    w1 = torch.randint(-128, 128, (16, 64), generator=g)
-    w2 = torch.randint(-128, 128, (10, 16), generator=g)
-    b2 = None
-    if constant:  # class 3 always wins: zero weights, a bias for class 3
-        w1, w2 = torch.zeros_like(w1), torch.zeros_like(w2)
-        b2 = torch.zeros(10, dtype=torch.int64)
-        b2[3] = 5
-    bf = FixedPointFormat(8, True, 0) if constant else None
-    return QNetwork(
-        [
-            QFlatten(),
-            QLinear.from_int(w1, None, w, None),
-            QRequant(FixedPointFormat(8, False, 4)),
-            QLinear.from_int(w2, b2, w, bf),
-        ],
-        (1, 8, 8),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +26,7 @@ def digits():
 
 
 def test_constant_classifier_radius_bookkeeping(digits) -> None:
-    net = digits_net(constant=True)
+    net = digits_mlp(constant_class=3)  # class 3 always wins
     x = digits.images[0]
     n, alpha = 2000, 0.001
     s = IntegerSmoothing(net, 0.25, batch=512)
@@ -63,7 +41,7 @@ def test_constant_classifier_radius_bookkeeping(digits) -> None:
 
 
 def test_noise_is_integer_and_clamped(digits) -> None:
-    net = digits_net()
+    net = digits_mlp()
     s = IntegerSmoothing(net, 0.5, executor="torch")
     seen = []
     s.logits_fn = lambda q: (seen.append(q), net.integer_forward(q))[1]
@@ -74,7 +52,7 @@ def test_noise_is_integer_and_clamped(digits) -> None:
 
 
 def test_certify_is_deterministic_and_resumes(digits, tmp_path) -> None:
-    net = digits_net()
+    net = digits_mlp()
     kw = dict(n=400, n0=20, alpha=0.01, batch=128, seed=3)
     once = tmp_path / "once.tsv"
     full = certify_dataset(net, digits.images, digits.labels, 0.12, out=once, n_samples=6, **kw)
@@ -94,7 +72,7 @@ def test_certify_is_deterministic_and_resumes(digits, tmp_path) -> None:
 
 
 def test_predict_and_errors(digits, tmp_path) -> None:
-    net = digits_net()
+    net = digits_mlp()
     out = predict_dataset(net, digits.images, digits.labels, 0.12, n=300, n_samples=4)
     assert out["n"] == 4 and 0 <= out["accuracy"] <= 1
     with pytest.raises(QcertError):
@@ -109,7 +87,7 @@ def test_predict_and_errors(digits, tmp_path) -> None:
 
 def test_cli_certify_json_and_tsv(tmp_path, capsys) -> None:
     path = tmp_path / "m.qnn"
-    save_model(digits_net(), path)
+    save_model(digits_mlp(), path)
     tsv = tmp_path / "r.tsv"
     argv = ["smooth", "certify", str(path), "--dataset", "digits", "--sigma", "0.25", "--n", "200"]
     argv += ["--n0", "20", "--n-samples", "3", "--out", str(tsv), "--json"]
@@ -126,7 +104,7 @@ def test_cli_certify_json_and_tsv(tmp_path, capsys) -> None:
 def test_every_executor_and_batch_size_gives_the_same_counts(digits) -> None:
     """The noise stream is shared by all executors and independent of the batch size, and every
     executor computes the same integer logits: the certificates are identical."""
-    net = digits_net()
+    net = digits_mlp()
     x = digits.images[1]
     runs = [
         IntegerSmoothing(net, 0.25, batch=b, executor=e).certify(x, 30, 500, 0.01, idx=1)
@@ -144,7 +122,7 @@ def test_every_executor_and_batch_size_gives_the_same_counts(digits) -> None:
 def test_a_torn_row_is_redone_not_counted(digits, tmp_path, cut: str) -> None:
     """Issue 12 item 2: a row cut by a crash — with all six fields but no newline, or right after
     its 5th tab — is redone on resume: n rows for n samples, none lost, none doubled."""
-    net = digits_net()
+    net = digits_mlp()
     kw = dict(n=300, n0=20, alpha=0.01, batch=128, seed=2)
     once = tmp_path / "once.tsv"
     certify_dataset(net, digits.images, digits.labels, 0.12, out=once, n_samples=4, **kw)
@@ -163,7 +141,7 @@ def test_a_torn_row_is_redone_not_counted(digits, tmp_path, cut: str) -> None:
 def test_resume_is_for_the_same_run_and_range(digits, tmp_path) -> None:
     """Only the requested samples are summarized (issue 12 item 10), and a TSV of another model or
     σ is refused (item 11; the run's identity is kept in OUT.json)."""
-    net = digits_net()
+    net = digits_mlp()
     kw = dict(n=300, n0=20, alpha=0.01, batch=128, seed=2)
     out = tmp_path / "s.tsv"
     certify_dataset(net, digits.images, digits.labels, 0.12, out=out, n_samples=6, **kw)
@@ -175,7 +153,7 @@ def test_resume_is_for_the_same_run_and_range(digits, tmp_path) -> None:
     before = out.read_bytes()
     with pytest.raises(InputError, match="another model"):
         certify_dataset(
-            digits_net(constant=True), digits.images, digits.labels, 0.12, out=out, **kw
+            digits_mlp(constant_class=3), digits.images, digits.labels, 0.12, out=out, **kw
         )
     with pytest.raises(InputError, match="sigma"):
         certify_dataset(net, digits.images, digits.labels, 0.25, out=out, **kw)

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import pytest
-import torch
+from qnets import digits_mlp
 
 from qcert.data import load
 from qcert.parallel import shutdown
-from qcert.quant import FixedPointFormat, QFlatten, QLinear, QNetwork, QRequant
 from qcert.smoothing.run import certify_dataset, read_rows
 
 pytest.importorskip("ray")
 
 
 def test_ray_rows_equal_single_process(tmp_path) -> None:
-    g = torch.Generator().manual_seed(0)
-    w = FixedPointFormat(8, True, 7)
-    net = QNetwork(
-        [
-            QFlatten(),
-            QLinear.from_int(torch.randint(-128, 128, (16, 64), generator=g), None, w, None),
-            QRequant(FixedPointFormat(8, False, 4)),
-            QLinear.from_int(torch.randint(-128, 128, (10, 16), generator=g), None, w, None),
-        ],
-        (1, 8, 8),
-    )
+    net = digits_mlp()
     ds = load("digits", "test", n=8)
     kw = dict(n=300, n0=20, alpha=0.01, batch=100, seed=5, n_samples=6)
     local = certify_dataset(net, ds.images, ds.labels, 0.25, out=tmp_path / "a.tsv", **kw)

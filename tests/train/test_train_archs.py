@@ -43,27 +43,25 @@ def test_qaibp_formats_and_layer_layout() -> None:
     assert int(w.min()) >= -128 and int(w.max()) <= 127
 
 
-def test_paper_archs_have_the_papers_layers() -> None:
-    net = build_qnetwork("paper-mnist", (1, 28, 28), 10)
-    convs = [m for m in net.layers if isinstance(m, QConv2d)]
-    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [
-        (64, 5, 2),
-        (128, 3, 1),
-        (256, 3, 1),
-        (384, 3, 1),
-        (512, 3, 2),
-    ]
-    assert all(c.padding == (0, 0) for c in convs)
-    dense = [m for m in net.layers if isinstance(m, QLinear)]
-    assert [d.out_features for d in dense] == [128, 10]
-    cifar = build_qnetwork("paper-cifar", (3, 32, 32), 10)
-    convs = [m for m in cifar.layers if isinstance(m, QConv2d)]
-    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [
-        (64, 5, 2),
-        (96, 3, 1),
-        (128, 3, 2),
-    ]
-    build_qnetwork("paper-cifar", (1, 28, 28), 10)  # Fashion-MNIST
+MNIST_CONVS = [(64, 5, 2), (128, 3, 1), (256, 3, 1), (384, 3, 1), (512, 3, 2)]
+
+
+@pytest.mark.parametrize(
+    ("arch", "shape", "convs"),
+    [
+        ("paper-mnist", (1, 28, 28), MNIST_CONVS),
+        ("paper-cifar", (3, 32, 32), [(64, 5, 2), (96, 3, 1), (128, 3, 2)]),
+    ],
+    ids=["paper-mnist", "paper-cifar"],
+)
+def test_paper_archs_have_the_papers_layers(arch: str, shape, convs) -> None:
+    """Unpadded convolutions as (out channels, kernel, stride), then dense 128 and 10."""
+    net = build_qnetwork(arch, shape, 10)
+    got = [m for m in net.layers if isinstance(m, QConv2d)]
+    assert [(c.out_channels, c.kernel_size[0], c.stride[0]) for c in got] == convs
+    assert all(c.padding == (0, 0) for c in got)
+    assert [d.out_features for d in net.layers if isinstance(d, QLinear)] == [128, 10]
+    build_qnetwork(arch, (1, 28, 28), 10)  # MNIST-sized inputs too (Fashion-MNIST)
 
 
 def test_bits_per_layer_and_errors() -> None:

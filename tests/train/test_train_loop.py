@@ -107,20 +107,40 @@ def test_resume_errors(tmp_path) -> None:
     assert res.metrics["epochs"] == 2 and [h["epoch"] for h in res.history] == [1, 2]
 
 
-def test_time_budget_stops_cleanly_and_still_evaluates(tmp_path) -> None:
+def test_time_budget_stops_cleanly_and_still_evaluates(tmp_path, monkeypatch) -> None:
+    """On a fake clock of the training loop that runs 3/16 s per training step: the budget of
+    0.05 min = 3 s is reached after exactly 16 steps (mid epoch 2, at 12 steps an epoch)."""
+    import types
+
+    from qcert.train import loop
+
+    clock = {"steps": 0}
+    original = QAIBPMethod.loss
+
+    def one_tick_per_step(self, x, y, sv):
+        clock["steps"] += 1
+        return original(self, x, y, sv)
+
+    monkeypatch.setattr(QAIBPMethod, "loss", one_tick_per_step)
+    monkeypatch.setattr(
+        loop, "time", types.SimpleNamespace(perf_counter=lambda: clock["steps"] * 3 / 16)
+    )
     res = train(
         _cfg(tmp_path, "tb", method="qa-ibp", eps=1, epochs=500, time_budget=0.05, pgd_n=30)
     )
     m = res.metrics
     assert m["pgd_n"] == 30 and m["n_test"] == 80
     assert m["stopped"] == "time budget" and m["epochs"] < 500
-    assert 2.5 <= m["seconds"] <= 30
+    # it stopped at the first step on the budget, not after it
+    assert m["steps"] == clock["steps"] == 16 and m["seconds"] == 3.0 and m["epochs"] == 1
     assert res.model_path.exists() and res.metrics_path.exists()
     assert "1" in m["ibp_certified_acc"] and m["pgd_acc"] is not None
     # the whole schedule ran inside the budget: the last steps used the full ε
     assert m["history"][-1]["eps"] == pytest.approx(1.1)
+    assert m["history"][-1]["partial"] and m["history"][-1]["steps"] == 16
     ck = load_checkpoint(tmp_path / "tb" / CHECKPOINT_NAME)
     assert ck.global_step == m["steps"]
+    assert (ck.epoch, ck.step_in_epoch, ck.seconds) == (1, 4, 3.0)
 
 
 @pytest.mark.parametrize(

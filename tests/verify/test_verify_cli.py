@@ -7,35 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from qcert import from_float, load_model, save_model
+from qcert import load_model
 from qcert.cli.main import main
 from qcert.data import load
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    ds = load("digits", "train")
-    x = ds.images.reshape(-1, 64).float() / 255
-    m = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-    opt = torch.optim.Adam(m.parameters(), 2e-2)
-    for _ in range(30):
-        loss = nn.functional.cross_entropy(m(x), ds.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    path = tmp_path_factory.mktemp("verify") / "digits.qnn"
-    save_model(from_float(m, ds.images[:200].reshape(-1, 64), bits=8), path)
-    return path
-
-
 def test_dataset_mode_resume_and_summary(
-    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    digits_qnn: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "v.jsonl"
-    base = ["verify", str(model), "--dataset", "digits", "--eps", "2", "--timeout", "5"]
+    base = ["verify", str(digits_qnn), "--dataset", "digits", "--eps", "2", "--timeout", "5"]
     assert main([*base, "--n", "4", "--out", str(out), "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["n"] == 4
@@ -46,7 +28,7 @@ def test_dataset_mode_resume_and_summary(
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in recs] == list(range(7))
     assert summary["n"] == 7 and sum(summary[k] for k in keys - {"n", "certified_acc"}) == 7
-    net = load_model(model)
+    net = load_model(digits_qnn)
     ds = load("digits", "test", n=7)
     for r in recs:
         assert r["eps"] == 2 and r["label"] == int(ds.labels[r["index"]])
@@ -60,8 +42,10 @@ def test_dataset_mode_resume_and_summary(
     assert json.loads(capsys.readouterr().out)["n"] == 2
 
 
-def test_dataset_mode_prints_json_lines(model: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["verify", str(model), "--dataset", "digits", "--eps", "1", "--n", "3"]
+def test_dataset_mode_prints_json_lines(
+    digits_qnn: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["verify", str(digits_qnn), "--dataset", "digits", "--eps", "1", "--n", "3"]
     assert main([*argv, "--method", "milp", "--timeout", "10"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     recs = [json.loads(line) for line in lines[:3]]
@@ -80,8 +64,8 @@ def vnnlib_text(x: torch.Tensor, eps: int, label: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_vnnlib_mode(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    net = load_model(model)
+def test_vnnlib_mode(digits_qnn: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = load_model(digits_qnn)
     ds = load("digits", "test", n=20)
     x = ds.images.reshape(-1, 64).to(torch.int64)
     c = int(net.predict(x[:1])[0])
@@ -90,7 +74,16 @@ def test_vnnlib_mode(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
         prop = tmp_path / f"p{eps}.vnnlib"
         prop.write_text(vnnlib_text(x[0], eps, c))
         cex = tmp_path / f"cex{eps}.txt"
-        argv = ["verify", str(model), "--vnnlib", str(prop), "--timeout", "20", "--cex", str(cex)]
+        argv = [
+            "verify",
+            str(digits_qnn),
+            "--vnnlib",
+            str(prop),
+            "--timeout",
+            "20",
+            "--cex",
+            str(cex),
+        ]
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert out.splitlines()[0] == want
@@ -108,18 +101,18 @@ def test_vnnlib_mode(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
             assert any(int(z[j]) >= int(z[c]) for j in range(10) if j != c)
 
 
-def test_cli_errors(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors(digits_qnn: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.vnnlib"
     bad.write_text("(declare-const X_0 Real")
-    assert main(["verify", str(model), "--vnnlib", str(bad)]) == 2
+    assert main(["verify", str(digits_qnn), "--vnnlib", str(bad)]) == 2
     assert "error" in capsys.readouterr().err
-    assert main(["verify", str(model), "--dataset", "digits"]) == 2
+    assert main(["verify", str(digits_qnn), "--dataset", "digits"]) == 2
     assert "--eps" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        main(["verify", str(model), "--dataset", "digits", "--eps", "-1"])
+        main(["verify", str(digits_qnn), "--dataset", "digits", "--eps", "-1"])
     assert e.value.code == 2
     with pytest.raises(SystemExit) as e:
-        main(["verify", str(model), "--dataset", "digits", "--eps", "1", "--split-rule", "x"])
+        main(["verify", str(digits_qnn), "--dataset", "digits", "--eps", "1", "--split-rule", "x"])
     assert e.value.code == 2
-    code = main(["verify", str(model), "--dataset", "digits", "--eps", "1", "--start", "9999"])
+    code = main(["verify", str(digits_qnn), "--dataset", "digits", "--eps", "1", "--start", "9999"])
     assert code == 2

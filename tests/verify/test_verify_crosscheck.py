@@ -4,109 +4,15 @@ rule, with and without attacks) and the MILP agree on every query."""
 
 from __future__ import annotations
 
-import itertools
 import random
 
 import pytest
 import torch
+from qnets import box_points, enumerable_net, random_layer
 
 from qcert.bounds import eps_box, margin_lower_bounds
-from qcert.quant import (
-    FixedPointFormat,
-    QAvgPool2d,
-    QConv2d,
-    QFlatten,
-    QLinear,
-    QNetwork,
-    QRequant,
-    argmax_first,
-)
-from qcert.verify import (
-    BabOptions,
-    OutputSpec,
-    SpecBounds,
-    bab_search,
-    milp_search,
-    verify_sample,
-)
-
-
-def random_net(seed: int) -> QNetwork:
-    """A small QNN: 2-4 integer inputs of 4 bits, MLP or conv (+ avgpool), random rounding,
-    signed/unsigned activations, requantization shifts sized so that units are neither constant
-    nor always saturated (some shifts are 0 or -1), optional requantized logits (so ties between
-    logits happen)."""
-    rng = random.Random(seed)
-    g = torch.Generator().manual_seed(seed)
-    rounding = rng.choice(["half_up", "half_even", "floor"])
-    in_fmt = FixedPointFormat(4, rng.random() < 0.3, rng.choice([0, 2, 3]))
-    in_range = None
-    if rng.random() < 0.3:
-        in_range = (in_fmt.qmin + 2, in_fmt.qmax - 3)
-    wf = FixedPointFormat(rng.choice([3, 4]), True, rng.choice([1, 2, 3]))
-    k = rng.choice([2, 3, 4])
-
-    def affine(out_n: int, in_n: int, frac: int, conv: bool = False) -> QLinear | QConv2d:
-        acc = frac + wf.frac
-        shape = (out_n, in_n, 2, 2) if conv else (out_n, in_n)
-        w = torch.randint(wf.qmin, wf.qmax + 1, shape, generator=g)
-        if rng.random() < 0.85:
-            bf = FixedPointFormat(8, True, max(-30, acc - rng.choice([0, 1])))
-            b = torch.randint(-8, 8, (out_n,), generator=g)
-        else:
-            bf, b = None, None
-        if conv:
-            return QConv2d.from_int(w, b, wf, bf, 1, rng.choice([0, 1]))
-        return QLinear.from_int(w, b, wf, bf)
-
-    def requant(layer: QLinear | QConv2d, frac: int, mag: int, signed: bool | None = None):
-        w = layer.int_weight().abs().reshape(layer.int_weight().shape[0], -1).sum(1)
-        acc_mag = int(w.float().mean() * mag) // 2  # a typical accumulator magnitude
-        bits = rng.choice([2, 3, 4])
-        signed = rng.random() < 0.3 if signed is None else signed
-        qmax = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
-        s = max(-1, (max(1, acc_mag) // max(1, qmax)).bit_length() - rng.choice([0, 1, 2]))
-        rq = QRequant(FixedPointFormat(bits, signed, frac + wf.frac - s), rounding)
-        return rq, max(qmax, -rq.format.qmin)
-
-    layers: list = []
-    frac = in_fmt.frac
-    mag = max(abs(in_fmt.qmin), in_fmt.qmax)
-    if rng.random() < 0.3:
-        shape: tuple[int, ...] = (1, 2, 2)
-        c = affine(2, 1, frac, conv=True)
-        rq, mag = requant(c, frac, mag)
-        layers += [c, rq]
-        frac = rq.format.frac
-        side = 1 + 2 * c.padding[0]
-        if side >= 2 and rng.random() < 0.6:
-            layers.append(QAvgPool2d(2, 1))
-            frac, mag, side = frac + 2, mag * 4, side - 1
-        layers.append(QFlatten())
-        n = 2 * side * side
-    else:
-        d = rng.choice([2, 3, 4])
-        shape = (d,)
-        n = d
-        for _ in range(rng.choice([1, 1, 2])):
-            h = rng.choice([3, 4, 5, 6])
-            lin = affine(h, n, frac)
-            rq, mag = requant(lin, frac, mag)
-            layers += [lin, rq]
-            frac, n = rq.format.frac, h
-    last = affine(k, n, frac)
-    layers.append(last)
-    if rng.random() < 0.35:
-        layers.append(requant(last, frac, mag, signed=True)[0])
-    return QNetwork(layers, shape, in_fmt, input_range=in_range)
-
-
-def enumerate_box(net: QNetwork, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    flo, fhi = lo.reshape(-1), hi.reshape(-1)
-    pts = torch.tensor(
-        list(itertools.product(*[range(int(a), int(b) + 1) for a, b in zip(flo, fhi)]))
-    )
-    return pts.reshape(-1, *net.input_shape)
+from qcert.quant import FixedPointFormat, QFlatten, QNetwork, QRequant, argmax_first
+from qcert.verify import BabOptions, OutputSpec, SpecBounds, bab_search, milp_search, verify_sample
 
 
 def truth_verdict(net: QNetwork, x: torch.Tensor, label: int, eps: int) -> str:
@@ -114,7 +20,7 @@ def truth_verdict(net: QNetwork, x: torch.Tensor, label: int, eps: int) -> str:
         return "misclassified"
     lo, hi = eps_box(net, x[None], eps)
     return (
-        "vulnerable" if bool((net.predict(enumerate_box(net, lo, hi)) != label).any()) else "robust"
+        "vulnerable" if bool((net.predict(box_points(lo[0], hi[0])) != label).any()) else "robust"
     )
 
 
@@ -123,7 +29,7 @@ NO_ATTACK = dict(attack_steps=0, inner_every=0)
 
 @pytest.mark.parametrize("seed", range(20))
 def test_verdicts_match_enumeration(seed: int) -> None:
-    net = random_net(seed)
+    net = enumerable_net(seed)
     rng = random.Random(1000 + seed)
     rules = ["widest", "smear", "gradient", "bound", "bound:2"]
     lo_v, hi_v = net.input_range
@@ -156,12 +62,12 @@ def test_verdicts_match_enumeration(seed: int) -> None:
 def test_bab_without_attacks_and_milp_without_bounds(seed: int) -> None:
     """The search itself (no PGD, no interval pre-filter in the MILP) decides correctly: the
     counterexamples come from the exact box-centre checks and the single-point boxes."""
-    net = random_net(seed)
+    net = enumerable_net(seed)
     g = torch.Generator().manual_seed(seed)
     lo_v, hi_v = net.input_range
     x = torch.randint(lo_v, hi_v + 1, net.input_shape, generator=g)
     lo, hi = eps_box(net, x[None], 2)
-    pts = enumerate_box(net, lo, hi)
+    pts = box_points(lo[0], hi[0])
     cls = net.predict(pts)
     for label in range(net.num_classes):
         spec = OutputSpec.robustness(label, net.num_classes)
@@ -180,7 +86,7 @@ def test_bab_without_attacks_and_milp_without_bounds(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_spec_bounds_exact_and_arith_paths_agree(seed: int) -> None:
-    net = random_net(seed)
+    net = enumerable_net(seed)
     g = torch.Generator().manual_seed(seed)
     lo_v, hi_v = net.input_range
     a = torch.randint(lo_v, hi_v + 1, (20, *net.input_shape), generator=g)
@@ -207,13 +113,13 @@ def test_general_rational_spec_against_enumeration() -> None:
     from fractions import Fraction as Fr
 
     for seed in range(8):
-        net = random_net(100 + seed)
+        net = enumerable_net(100 + seed)
         k = net.num_classes
         rng = random.Random(seed)
         lo_v, hi_v = net.input_range
         lo = torch.full((1, *net.input_shape), lo_v)
         hi = torch.full((1, *net.input_shape), hi_v)
-        pts = enumerate_box(net, lo, hi)
+        pts = box_points(lo[0], hi[0])
         if pts.shape[0] > 5000:
             continue
         z = net.integer_forward(pts)
@@ -267,31 +173,12 @@ def test_float32_arith_path_on_an_8bit_cnn_matches_int64() -> None:
     b8 = FixedPointFormat(8, True, 4)
     net = QNetwork(
         [
-            QConv2d.from_int(
-                torch.randint(-128, 128, (8, 1, 3, 3), generator=g),
-                torch.randint(-128, 128, (8,), generator=g),
-                w8,
-                b8,
-                1,
-                1,
-            ),
+            random_layer(g, (8, 1, 3, 3), w8, b8, stride=1, padding=1),
             QRequant(a8, "half_up"),
-            QConv2d.from_int(
-                torch.randint(-128, 128, (8, 8, 3, 3), generator=g),
-                torch.randint(-128, 128, (8,), generator=g),
-                w8,
-                b8,
-                2,
-                0,
-            ),
+            random_layer(g, (8, 8, 3, 3), w8, b8, stride=2),
             QRequant(a8, "half_even"),
             QFlatten(),
-            QLinear.from_int(
-                torch.randint(-128, 128, (10, 8 * 4 * 4), generator=g),
-                torch.randint(-128, 128, (10,), generator=g),
-                w8,
-                b8,
-            ),
+            random_layer(g, (10, 8 * 4 * 4), w8, b8),
         ],
         (1, 10, 10),
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from qnets import ACT4, BIAS8_4, small_mlp
 
 from qcert.errors import InputError
 from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant, save_model
@@ -16,27 +17,7 @@ from qcert.verify import verify_dataset, verify_sample
 
 def net_and_data() -> tuple[QNetwork, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    w, a = FixedPointFormat(4, True, 2), FixedPointFormat(4, False, 2)
-    b = FixedPointFormat(8, True, 4)
-    net = QNetwork(
-        [
-            QLinear.from_int(
-                torch.randint(-8, 8, (6, 3), generator=g),
-                torch.randint(-8, 8, (6,), generator=g),
-                w,
-                b,
-            ),
-            QRequant(a, "half_up"),
-            QLinear.from_int(
-                torch.randint(-8, 8, (3, 6), generator=g),
-                torch.randint(-8, 8, (3,), generator=g),
-                w,
-                b,
-            ),
-        ],
-        (3,),
-        FixedPointFormat(4, False, 2),
-    )
+    net = small_mlp(g, 3, 3, hidden=6, act=ACT4, bias=BIAS8_4, bias_bounds=(8, 8))
     x = torch.randint(0, 16, (12, 3), generator=g)
     y = net.predict(x)
     y[::5] = (y[::5] + 1) % 3  # some misclassified samples

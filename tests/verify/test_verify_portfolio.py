@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
-from qnets import small_mlp
+from qnets import box_points, small_mlp
 
 import qcert.verify.query as query_mod
 from qcert.bounds import eps_box
@@ -25,9 +23,7 @@ def test_portfolio_matches_enumeration(monkeypatch, bab_gives_up) -> None:
         y = int(net.predict(x)[0])
         for eps in (1, 3):
             lo, hi = eps_box(net, x, eps)
-            pts = torch.tensor(
-                list(itertools.product(*[range(int(a), int(b) + 1) for a, b in zip(lo[0], hi[0])]))
-            )
+            pts = box_points(lo[0], hi[0])
             robust = bool((argmax_first(net.integer_forward(pts)) == y).all())
             res = verify_sample(net, x[0], y, eps, timeout=20.0, method="bab+milp")
             assert res.verdict == ("robust" if robust else "vulnerable")

@@ -5,28 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from qnets import digits_mlp
 
 from qcert.data import load
 from qcert.parallel import shutdown
-from qcert.quant import FixedPointFormat, QFlatten, QLinear, QNetwork, QRequant
 from qcert.verify import verify_dataset
 
 pytest.importorskip("ray")
 
 
 def test_ray_verdicts_equal_single_process(tmp_path) -> None:
-    g = torch.Generator().manual_seed(1)
-    w = FixedPointFormat(8, True, 7)
-    net = QNetwork(
-        [
-            QFlatten(),
-            QLinear.from_int(torch.randint(-128, 128, (12, 64), generator=g), None, w, None),
-            QRequant(FixedPointFormat(8, False, 3)),
-            QLinear.from_int(torch.randint(-128, 128, (10, 12), generator=g), None, w, None),
-        ],
-        (1, 8, 8),
-    )
+    net = digits_mlp(seed=1, hidden=12, act_frac=3)
     ds = load("digits", "test", n=10)
     one = tmp_path / "one.jsonl"
     local = verify_dataset(net, ds.images, ds.labels, 2, out=one, timeout=20.0)

@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from qnets import ACT4, BIAS8_4, box_points, small_mlp
 
 from qcert.errors import InputError
-from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant
+from qcert.quant import QNetwork
 from qcert.verify import VnnlibError, parse_vnnlib, verify_vnnlib
 
 
 def small_net(seed: int) -> QNetwork:
-    g = torch.Generator().manual_seed(seed)
-    w, a = FixedPointFormat(4, True, 2), FixedPointFormat(4, False, 2)
-    b = FixedPointFormat(8, True, 4)
-    return QNetwork(
-        [
-            QLinear.from_int(
-                torch.randint(-8, 8, (6, 3), generator=g),
-                torch.randint(-8, 8, (6,), generator=g),
-                w,
-                b,
-            ),
-            QRequant(a, "half_even"),
-            QLinear.from_int(
-                torch.randint(-8, 8, (3, 6), generator=g),
-                torch.randint(-8, 8, (3,), generator=g),
-                w,
-                b,
-            ),
-        ],
-        (3,),
-        FixedPointFormat(4, False, 2),
+    return small_mlp(
+        seed, 3, 3, rounding="half_even", hidden=6, act=ACT4, bias=BIAS8_4, bias_bounds=(8, 8)
     )
 
 
@@ -59,8 +40,7 @@ def robustness_text(lo: list[int], hi: list[int], c: int, k: int = 3) -> str:
 
 
 def enum_logits(net: QNetwork, lo: list[int], hi: list[int]) -> torch.Tensor:
-    pts = torch.tensor(list(itertools.product(*[range(a, b + 1) for a, b in zip(lo, hi)])))
-    return net.integer_forward(pts)
+    return net.integer_forward(box_points(lo, hi))
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -135,25 +115,33 @@ def test_defaults_and_clipping_to_input_range(tmp_path: Path) -> None:
     assert verify_vnnlib(net, str(f), timeout=10, method="milp").result == "sat"
 
 
-BAD = {
+# malformed files, by what is wrong with them
+SYNTAX = {
     "unbalanced": header() + "(assert (>= Y_0 Y_1)",
     "extra paren": header() + "(assert (>= Y_0 Y_1)))",
+    "atom": "declare-const",
+    "command": header() + "(check-sat)",
+    "number": header() + "(assert (>= Y_0 abc))",
+}
+DECLARATIONS = {
     "undeclared": header() + "(assert (>= Y_0 Y_7))",
-    "off grid": header() + "(assert (>= X_0 0.5)) (assert (>= Y_0 Y_1))",
-    "mixed": header() + "(assert (>= Y_0 X_1))",
-    "nonlinear": header() + "(assert (>= (* Y_0 Y_1) 0))",
-    "input combination": header() + "(assert (>= (+ X_0 X_1) 2)) (assert (>= Y_0 Y_1))",
-    "input disjunction": header() + "(assert (or (>= X_0 2) (<= X_0 1))) (assert (>= Y_0 Y_1))",
+    "bad name": header() + "(declare-const Z_0 Real) (assert (>= Y_0 Y_1))",
     "too few inputs": header(2) + "(assert (>= Y_0 Y_1))",
     "too many outputs": header(3, 4) + "(assert (>= Y_0 Y_1))",
-    "bad name": header() + "(declare-const Z_0 Real) (assert (>= Y_0 Y_1))",
-    "command": header() + "(check-sat)",
-    "operator": header() + "(assert (= Y_0 Y_1))",
-    "number": header() + "(assert (>= Y_0 abc))",
-    "no output": header() + "(assert (>= X_0 1))",
-    "empty box": header() + "(assert (>= X_0 9)) (assert (<= X_0 3)) (assert (>= Y_0 Y_1))",
-    "atom": "declare-const",
 }
+INPUT_CONSTRAINTS = {
+    "off grid": header() + "(assert (>= X_0 0.5)) (assert (>= Y_0 Y_1))",
+    "input combination": header() + "(assert (>= (+ X_0 X_1) 2)) (assert (>= Y_0 Y_1))",
+    "input disjunction": header() + "(assert (or (>= X_0 2) (<= X_0 1))) (assert (>= Y_0 Y_1))",
+    "empty box": header() + "(assert (>= X_0 9)) (assert (<= X_0 3)) (assert (>= Y_0 Y_1))",
+}
+OUTPUT_CONSTRAINTS = {
+    "mixed": header() + "(assert (>= Y_0 X_1))",
+    "nonlinear": header() + "(assert (>= (* Y_0 Y_1) 0))",
+    "operator": header() + "(assert (= Y_0 Y_1))",
+    "no output": header() + "(assert (>= X_0 1))",
+}
+BAD = {**SYNTAX, **DECLARATIONS, **INPUT_CONSTRAINTS, **OUTPUT_CONSTRAINTS}
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
