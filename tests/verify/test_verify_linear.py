@@ -10,7 +10,7 @@ import random
 
 import pytest
 import torch
-from test_verify_crosscheck import enumerate_box, random_net, truth_verdict
+from qnets import box_points, enumerable_net, truth_verdict
 
 from qcert.bounds import eps_box
 from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant, Rounding, argmax_first
@@ -53,11 +53,11 @@ def test_rounding_slack_sandwiches_every_value(rounding: Rounding, shift: int) -
 
 @pytest.mark.parametrize("seed", range(40))
 def test_bounds_hold_at_every_point(seed: int) -> None:
-    net = random_net(seed)
+    net = enumerable_net(seed)
     lb = LinearBounds(net)
     lo, hi = _box(net, seed)
     flo, fhi = lo.reshape(1, -1), hi.reshape(1, -1)
-    pts = enumerate_box(net, lo, hi)
+    pts = box_points(lo[0], hi[0]).reshape(-1, *net.input_shape)
     ibp = lb.ibp(flo, fhi)
     bounds = lb.refine(flo, fhi)
     for (l, u), (il, iu), acc in zip(bounds, ibp, _accumulators(net, lb, pts)):
@@ -92,11 +92,11 @@ def test_bounds_hold_at_every_point(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(20))
 def test_split_subproblems_bound_their_points(seed: int) -> None:
     """A unit range narrowed by a split (and β on it) still bounds every point that meets it."""
-    net = random_net(seed)
+    net = enumerable_net(seed)
     lb = LinearBounds(net)
     lo, hi = _box(net, seed + 7)
     flo, fhi = lo.reshape(1, -1), hi.reshape(1, -1)
-    pts = enumerate_box(net, lo, hi)
+    pts = box_points(lo[0], hi[0]).reshape(-1, *net.input_shape)
     bounds = lb.refine(flo, fhi)
     accs = _accumulators(net, lb, pts)
     rng = random.Random(seed)
@@ -141,7 +141,7 @@ def test_large_accumulators_stay_sound() -> None:
     lb = LinearBounds(net)
     lo = torch.tensor([[1000, 2000, 3000]])
     hi = lo + 3
-    pts = enumerate_box(net, lo, hi)
+    pts = box_points(lo[0], hi[0]).reshape(-1, *net.input_shape)
     spec = OutputSpec.robustness(0, 3)
     val, err, _ = lb.backward(len(lb.units), spec.A.to(F64).unsqueeze(0), lo, hi, lb.refine(lo, hi))
     true_max = (net.integer_forward(pts) @ spec.A.t()).max(0).values
@@ -153,7 +153,7 @@ NO_ATTACK = LinearBabOptions(attack_steps=0, root_iters=2, iters=2, batch=4, inp
 
 
 def _search_matches_enumeration(seed: int) -> None:
-    net = random_net(seed)
+    net = enumerable_net(seed)
     rng = random.Random(500 + seed)
     lo_v, hi_v = net.input_range
     for q in range(3):
@@ -188,7 +188,7 @@ def test_search_matches_enumeration_many(seed: int) -> None:
 
 
 def test_prebuilt_bounds_and_single_points() -> None:
-    net = random_net(4)
+    net = enumerable_net(4)
     lo_v, _ = net.input_range
     x = torch.full((1, *net.input_shape), lo_v, dtype=torch.int64)
     label = int(net.predict(x)[0])
@@ -203,7 +203,7 @@ def test_prebuilt_bounds_and_single_points() -> None:
 def test_the_method_is_registered_and_follows_weight_changes() -> None:
     from qcert.verify.query import verify_query
 
-    net = random_net(2)
+    net = enumerable_net(2)
     lo_v, _ = net.input_range
     x = torch.full((1, *net.input_shape), lo_v, dtype=torch.int64)
     label = int(net.predict(x)[0])
