@@ -452,3 +452,15 @@ def random_networks(draw, space: NetSpace) -> RandomNet:
             frac = rq.format.frac
         d = out
     return RandomNet(layers, input_shape, in_fmt, seed, extreme)
+
+
+def truth_verdict(net: QNetwork, x: torch.Tensor, label: int, eps: int) -> str:
+    """The verdict on sample ``x`` (input_shape) by enumerating every integer point of its ε-box."""
+    from qcert.bounds import eps_box
+
+    if int(net.predict(x[None])[0]) != label:
+        return "misclassified"
+    lo, hi = eps_box(net, x[None], eps)
+    return (
+        "vulnerable" if bool((net.predict(box_points(lo[0], hi[0])) != label).any()) else "robust"
+    )

@@ -8,21 +8,11 @@ import random
 
 import pytest
 import torch
-from qnets import box_points, enumerable_net, random_layer
+from qnets import box_points, enumerable_net, random_layer, truth_verdict
 
 from qcert.bounds import eps_box, margin_lower_bounds
 from qcert.quant import FixedPointFormat, QFlatten, QNetwork, QRequant, argmax_first
 from qcert.verify import BabOptions, OutputSpec, SpecBounds, bab_search, milp_search, verify_sample
-
-
-def truth_verdict(net: QNetwork, x: torch.Tensor, label: int, eps: int) -> str:
-    if int(net.predict(x[None])[0]) != label:
-        return "misclassified"
-    lo, hi = eps_box(net, x[None], eps)
-    return (
-        "vulnerable" if bool((net.predict(box_points(lo[0], hi[0])) != label).any()) else "robust"
-    )
-
 
 NO_ATTACK = dict(attack_steps=0, inner_every=0)
 

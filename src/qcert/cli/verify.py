@@ -27,7 +27,7 @@ from qcert.errors import InputError
 from qcert.progress import progress_task
 from qcert.quant import load_model
 from qcert.runs import VERDICTS, VNNLIB_RESULTS, write_atomic
-from qcert.verify import METHODS, RULES, BabOptions, verify_dataset
+from qcert.verify import DEFAULT_METHOD, METHODS, RULES, BabOptions, verify_dataset
 from qcert.verify.split import parse_rule
 from qcert.verify.vnnlib import verify_vnnlib
 
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         choices=list(METHODS),
-        default="bab",
+        default=DEFAULT_METHOD,
         help="branch and bound, the HiGHS MILP, or the portfolio (BaB for 30%% of the timeout, then "
         "MILP on what is still open)",
     )

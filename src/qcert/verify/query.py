@@ -5,7 +5,9 @@ Dataset mode (:mod:`qcert.verify.sample`, robustness of a sample) and VNN-LIB mo
 (:mod:`qcert.verify.vnnlib`, a property file) both call :func:`verify_query`, which looks the method
 up in :data:`METHODS` and re-checks every counterexample with the reference executor. The methods:
 
-* ``bab``: the complete branch and bound (:func:`~qcert.verify.bab.bab_search`);
+* ``linear-bab``: linear-relaxation bounds and branch and bound over hidden units' integer values,
+  with input splitting where it is left (:func:`~qcert.verify.lbab.linear_bab_search`);
+* ``bab``: the complete input-splitting branch and bound (:func:`~qcert.verify.bab.bab_search`);
 * ``milp``: the HiGHS MILP peer (:func:`~qcert.verify.milp.milp_search`);
 * ``bab+milp``: branch and bound for :data:`PORTFOLIO_BAB_SHARE` of the time, then the MILP on a
   query still open.
@@ -17,8 +19,9 @@ A method is a function ``(query: Query, timeout: float) -> (SearchOutcome, decid
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,6 +30,7 @@ from qcert.errors import InputError
 from qcert.quant.network import QNetwork
 from qcert.verify.bab import SAFE, UNSAFE, BabOptions, SearchOutcome, bab_search
 from qcert.verify.bounds import SpecBounds
+from qcert.verify.lbab import LinearBab, linear_bab_search
 from qcert.verify.milp import milp_search
 from qcert.verify.spec import OutputSpec
 
@@ -89,6 +93,37 @@ def _bab(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
     return outcome, "bab"
 
 
+#: one linear-bound searcher per network with a copy of the parameters it was built from: it is
+#: rebuilt whenever they differ (the searcher holds the weights as they were)
+_SEARCHERS: weakref.WeakKeyDictionary[QNetwork, tuple[list[torch.Tensor], LinearBab]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _searcher(net: QNetwork) -> LinearBab:
+    params = [p.detach() for p in net.parameters()]
+    hit = _SEARCHERS.get(net)
+    same = hit is not None and len(hit[0]) == len(params)
+    if same and hit is not None:
+        same = all(torch.equal(a, b) for a, b in zip(hit[0], params))
+    if not same or hit is None:
+        hit = ([p.clone() for p in params], LinearBab(net))
+        _SEARCHERS[net] = hit
+    return hit[1]
+
+
+def _linear_bab(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
+    seed = 0 if q.options is None else q.options.seed
+    search = _searcher(q.net)
+    if search.opt.seed != seed:
+        search = LinearBab(q.net, replace(search.opt, seed=seed))
+    outcome = linear_bab_search(
+        q.net, q.lo, q.hi, q.spec, timeout=timeout, x0=q.x0, bounds=q.bounds, fake=q.fake,
+        searcher=search,
+    )  # fmt: skip
+    return outcome, "linear-bab"
+
+
 def _milp(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
     return milp_search(q.net, q.lo, q.hi, q.spec, timeout=timeout, bounds=q.bounds), "milp"
 
@@ -102,8 +137,16 @@ def _portfolio(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
     return _milp(q, max(1e-3, timeout - (time.monotonic() - t0)))
 
 
+#: the method used when none is named: exact, and the strongest on networks of every kind
+DEFAULT_METHOD = "linear-bab"
+
 #: the verification methods by name (``--method``)
-METHODS: dict[str, Method] = {"bab": _bab, "milp": _milp, "bab+milp": _portfolio}
+METHODS: dict[str, Method] = {
+    "linear-bab": _linear_bab,
+    "bab": _bab,
+    "milp": _milp,
+    "bab+milp": _portfolio,
+}
 
 
 def register_method(name: str, method: Method, *, replace: bool = False) -> None:
@@ -134,7 +177,7 @@ def verify_query(
     hi: torch.Tensor,
     spec: OutputSpec,
     *,
-    method: str = "bab",
+    method: str = DEFAULT_METHOD,
     timeout: float = 20.0,
     options: BabOptions | None = None,
     x0: torch.Tensor | None = None,

@@ -37,7 +37,13 @@ from qcert.runs import (
 )
 from qcert.verify.bab import BabOptions
 from qcert.verify.bounds import NetBounds, SpecBounds
-from qcert.verify.query import QueryResult, check_method, check_timeout, verify_query
+from qcert.verify.query import (
+    DEFAULT_METHOD,
+    QueryResult,
+    check_method,
+    check_timeout,
+    verify_query,
+)
 from qcert.verify.spec import OutputSpec
 
 #: the summary of a verify run: counts per verdict, certified_acc, median_seconds
@@ -65,7 +71,7 @@ class VerifyResult:
     boxes_explored: int
     label: int
     predicted: int | None = None
-    method: str = "bab"
+    method: str = DEFAULT_METHOD
     note: str = ""
     stats: dict[str, float] = field(default_factory=dict)
 
@@ -89,7 +95,7 @@ class Verifier:
         self,
         net: QNetwork,
         *,
-        method: str = "bab",
+        method: str = DEFAULT_METHOD,
         split: str | None = None,
         options: BabOptions | None = None,
         seed: int = 0,
@@ -146,7 +152,7 @@ def verify_sample(
     eps: int,
     *,
     timeout: float = 20.0,
-    method: str = "bab",
+    method: str = DEFAULT_METHOD,
     split: str | None = None,
     options: BabOptions | None = None,
     seed: int = 0,
@@ -155,7 +161,9 @@ def verify_sample(
     """Decide L∞ robustness of ``net`` at the integer input ``x`` (input_shape or 1×input_shape)
     with label ``label`` and radius ``eps`` input steps.
 
-    ``method="bab"``: the complete branch and bound (exact; see :func:`bab_search`); ``"bab+milp"``:
+    ``method="linear-bab"`` (the default): linear bounds and unit splitting (exact; see
+    :func:`~qcert.verify.lbab.linear_bab_search`); ``"bab"``: the input-splitting branch and bound
+    (exact; see :func:`bab_search`); ``"bab+milp"``:
     branch and bound for 30 % of the timeout, then the MILP on a query still open; ``"milp"``: the
     HiGHS MILP peer. ``split`` overrides ``options.split`` (see ``qcert.verify.split``). A
     ``robust`` verdict is a proof; a ``vulnerable`` one carries a counterexample confirmed by
@@ -199,7 +207,7 @@ def verify_dataset(
     out: str | Path | None = None,
     start: int = 0,
     timeout: float = 20.0,
-    method: str = "bab",
+    method: str = DEFAULT_METHOD,
     split: str | None = None,
     options: BabOptions | None = None,
     seed: int = 0,

@@ -28,7 +28,7 @@ from qcert.errors import VnnlibError
 from qcert.quant.network import QNetwork
 from qcert.runs import SAT, TIMEOUT, UNSAT
 from qcert.verify.bab import BabOptions
-from qcert.verify.query import check_method, check_timeout, verify_query
+from qcert.verify.query import DEFAULT_METHOD, check_method, check_timeout, verify_query
 from qcert.verify.spec import OutputSpec
 
 SExpr = Union[str, list["SExpr"]]  # noqa: UP007 (a recursive alias needs Union at runtime)
@@ -303,7 +303,7 @@ def verify_vnnlib(
     source: str | Path,
     *,
     timeout: float = 20.0,
-    method: str = "bab",
+    method: str = DEFAULT_METHOD,
     options: BabOptions | None = None,
 ) -> VnnlibResult:
     """Decide a VNN-LIB property (a path or the text itself) on ``net`` with ``method`` (see

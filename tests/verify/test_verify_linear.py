@@ -1,0 +1,219 @@
+"""Linear-relaxation bounds and the unit-splitting branch and bound against exhaustive enumeration
+on small random QNNs (every rounding rule, signed and unsigned units, left shifts, convolutions,
+average pooling, requantized logits with ties): no enumerated point ever exceeds a bound, whatever
+the slopes and multipliers; the bounds are never looser than the interval bounds; the search's
+verdicts agree with enumeration in both directions."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from qnets import box_points, enumerable_net, truth_verdict
+
+from qcert.bounds import eps_box
+from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant, Rounding, argmax_first
+from qcert.quant.format import requantize
+from qcert.verify import OutputSpec, SpecBounds
+from qcert.verify.lbab import LinearBabOptions, linear_bab_search
+from qcert.verify.linear import LinearBounds, _rounding_slack
+
+F64 = torch.float64
+
+
+def _accumulators(net: QNetwork, lb: LinearBounds, pts: torch.Tensor) -> list[torch.Tensor]:
+    """The exact accumulator of every requantization layer at the points (flat)."""
+    out, h = [], pts
+    want = {u.index for u in lb.units}
+    for i, layer in enumerate(net.layers):
+        if i in want:
+            out.append(h.reshape(h.shape[0], -1))
+        h = layer.integer(h)
+    return out
+
+
+def _box(net: QNetwork, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lo_v, hi_v = net.input_range
+    x = torch.randint(lo_v, hi_v + 1, (1, *net.input_shape), generator=g)
+    return eps_box(net, x, 1 + seed % 3)
+
+
+@pytest.mark.parametrize("rounding", list(Rounding))
+@pytest.mark.parametrize("shift", [-2, 0, 1, 2, 3, 5])
+def test_rounding_slack_sandwiches_every_value(rounding: Rounding, shift: int) -> None:
+    d_lo, d_hi = _rounding_slack(rounding, shift)
+    fmt = FixedPointFormat(16, True, 0)
+    z = torch.arange(-300, 301, dtype=torch.int64)
+    y = requantize(z, shift, fmt, rounding).to(F64)
+    v = z.to(F64) * 2.0**-shift
+    assert bool((y >= v - d_lo).all()) and bool((y <= v + d_hi).all())
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bounds_hold_at_every_point(seed: int) -> None:
+    net = enumerable_net(seed)
+    lb = LinearBounds(net)
+    lo, hi = _box(net, seed)
+    flo, fhi = lo.reshape(1, -1), hi.reshape(1, -1)
+    pts = box_points(lo[0], hi[0]).reshape(-1, *net.input_shape)
+    ibp = lb.ibp(flo, fhi)
+    bounds = lb.refine(flo, fhi)
+    for (l, u), (il, iu), acc in zip(bounds, ibp, _accumulators(net, lb, pts)):
+        assert bool((l >= il).all()) and bool((u <= iu).all())  # never looser than intervals
+        assert bool((acc >= l).all()) and bool((acc <= u).all()), seed
+    out = net.integer_forward(pts)
+    g = torch.Generator().manual_seed(seed)
+    label = int(torch.randint(0, net.num_classes, (1,), generator=g))
+    spec = OutputSpec.robustness(label, net.num_classes)
+    true_max = (out @ spec.A.t()).max(0).values
+    rows = spec.A.shape[0]
+    C = spec.A.to(F64).unsqueeze(0)
+    for trial in range(4):
+        slopes = betas = None
+        if trial:
+            slopes = [
+                tuple(
+                    torch.rand(1, rows, u.size, generator=g, dtype=F64) * 3 * u.scale
+                    for _ in range(2)
+                )
+                for u in lb.units
+            ]
+            betas = [
+                tuple(torch.rand(1, rows, u.size, generator=g, dtype=F64) * trial for _ in range(2))
+                for u in lb.units
+            ]
+        val, err, _ = lb.backward(len(lb.units), C, flo, fhi, bounds, slopes, betas)
+        assert bool((err > 0).all())
+        assert bool((true_max.to(F64) <= val[0] + err[0]).all()), (seed, trial)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_split_subproblems_bound_their_points(seed: int) -> None:
+    """A unit range narrowed by a split (and β on it) still bounds every point that meets it."""
+    net = enumerable_net(seed)
+    lb = LinearBounds(net)
+    lo, hi = _box(net, seed + 7)
+    flo, fhi = lo.reshape(1, -1), hi.reshape(1, -1)
+    pts = box_points(lo[0], hi[0]).reshape(-1, *net.input_shape)
+    bounds = lb.refine(flo, fhi)
+    accs = _accumulators(net, lb, pts)
+    rng = random.Random(seed)
+    k = rng.randrange(len(bounds))
+    l, u = bounds[k]
+    i = rng.randrange(l.shape[1])
+    if int(u[0, i]) == int(l[0, i]):
+        pytest.skip("the chosen unit has a single value")
+    t = rng.randrange(int(l[0, i]), int(u[0, i]))
+    for upper_half in (True, False):
+        nl, nu = l.clone(), u.clone()
+        keep = accs[k][:, i] <= t if upper_half else accs[k][:, i] >= t + 1
+        if upper_half:
+            nu[0, i] = t
+        else:
+            nl[0, i] = t + 1
+        if not bool(keep.any()):
+            continue
+        sub = list(bounds)
+        sub[k] = (nl, nu)
+        spec = OutputSpec.robustness(rng.randrange(net.num_classes), net.num_classes)
+        C = spec.A.to(F64).unsqueeze(0)
+        rows = spec.A.shape[0]
+        betas = [
+            tuple(torch.rand(1, rows, un.size, dtype=F64) * 5 for _ in range(2)) for un in lb.units
+        ]
+        val, err, _ = lb.backward(len(lb.units), C, flo, fhi, sub, None, betas)
+        true_max = (net.integer_forward(pts[keep]) @ spec.A.t()).max(0).values
+        assert bool((true_max.to(F64) <= val[0] + err[0]).all()), (seed, upper_half)
+
+
+def test_large_accumulators_stay_sound() -> None:
+    """16-bit weights and 12-bit inputs: accumulators near 2**33, still sound."""
+    g = torch.Generator().manual_seed(3)
+    wf = FixedPointFormat(16, True, 8)
+    layers = [
+        QLinear.from_int(torch.randint(-32768, 32768, (6, 3), generator=g), None, wf, None),
+        QRequant(FixedPointFormat(10, False, 0), "half_even"),
+        QLinear.from_int(torch.randint(-32768, 32768, (3, 6), generator=g), None, wf, None),
+    ]
+    net = QNetwork(layers, (3,), FixedPointFormat(12, False, 0))
+    lb = LinearBounds(net)
+    lo = torch.tensor([[1000, 2000, 3000]])
+    hi = lo + 3
+    pts = box_points(lo[0], hi[0]).reshape(-1, *net.input_shape)
+    spec = OutputSpec.robustness(0, 3)
+    val, err, _ = lb.backward(len(lb.units), spec.A.to(F64).unsqueeze(0), lo, hi, lb.refine(lo, hi))
+    true_max = (net.integer_forward(pts) @ spec.A.t()).max(0).values
+    assert bool((true_max.to(F64) <= val[0] + err[0]).all())
+    assert float(err.max()) < 1.0  # the error term stays far below one integer step
+
+
+NO_ATTACK = LinearBabOptions(attack_steps=0, root_iters=2, iters=2, batch=4, input_split_dims=0)
+
+
+def _search_matches_enumeration(seed: int) -> None:
+    net = enumerable_net(seed)
+    rng = random.Random(500 + seed)
+    lo_v, hi_v = net.input_range
+    for q in range(3):
+        g = torch.Generator().manual_seed(seed * 10 + q)
+        x = torch.randint(lo_v, hi_v + 1, net.input_shape, generator=g)
+        eps = rng.choice([1, 2, 3])
+        pred = int(net.predict(x[None])[0])
+        for label in (pred, (pred + 1 + q) % net.num_classes):
+            truth = truth_verdict(net, x, label, eps)
+            if truth == "misclassified":
+                continue
+            lo, hi = eps_box(net, x[None], eps)
+            spec = OutputSpec.robustness(label, net.num_classes)
+            for options in (NO_ATTACK, LinearBabOptions(input_split_dims=0), LinearBabOptions()):
+                res = linear_bab_search(net, lo, hi, spec, timeout=60, options=options)
+                assert res.status == ("safe" if truth == "robust" else "unsafe"), (seed, q, res)
+                if res.status == "unsafe":
+                    cex = res.counterexample.reshape(1, *net.input_shape)
+                    assert int(argmax_first(net.integer_forward(cex))[0]) != label
+                    assert bool((cex >= lo).all()) and bool((cex <= hi).all())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_search_matches_enumeration(seed: int) -> None:
+    _search_matches_enumeration(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(12, 120))
+def test_search_matches_enumeration_many(seed: int) -> None:
+    _search_matches_enumeration(seed)
+
+
+def test_prebuilt_bounds_and_single_points() -> None:
+    net = enumerable_net(4)
+    lo_v, _ = net.input_range
+    x = torch.full((1, *net.input_shape), lo_v, dtype=torch.int64)
+    label = int(net.predict(x)[0])
+    spec = OutputSpec.robustness(label, net.num_classes)
+    res = linear_bab_search(net, x, x, spec, bounds=SpecBounds(net, spec))
+    assert res.status == "safe"
+    other = OutputSpec.robustness((label + 1) % net.num_classes, net.num_classes)
+    res = linear_bab_search(net, x, x, other)
+    assert res.status == "unsafe" and torch.equal(res.counterexample.reshape(x.shape), x)
+
+
+def test_the_method_is_registered_and_follows_weight_changes() -> None:
+    from qcert.verify.query import verify_query
+
+    net = enumerable_net(2)
+    lo_v, _ = net.input_range
+    x = torch.full((1, *net.input_shape), lo_v, dtype=torch.int64)
+    label = int(net.predict(x)[0])
+    spec = OutputSpec.robustness(label, net.num_classes)
+    assert verify_query(net, x, x, spec, method="linear-bab").proven
+    with torch.no_grad():  # a change in place: the cached searcher must not be reused
+        for p in net.parameters():
+            p.data.mul_(-1)
+    lo, hi = eps_box(net, x, 2)
+    truth = truth_verdict(net, x[0], label, 2)
+    res = verify_query(net, lo, hi, spec, method="linear-bab")
+    assert res.decided_by == "linear-bab"
+    assert res.proven == (truth == "robust")
