@@ -130,6 +130,21 @@ class _Stack:
         return lo, hi, ub
 
 
+def first_unsafe(
+    net: QNetwork, spec: OutputSpec, bounds: SpecBounds, points: torch.Tensor
+) -> torch.Tensor | None:
+    """The first of the integer points (N×input, any layout) that reaches the unsafe set of
+    ``spec``, or None: screened with the exact spec values, then re-checked with the reference
+    executor."""
+    if not points.shape[0]:
+        return None
+    pts = points.reshape(-1, *net.input_shape)
+    for i in (spec.badness(bounds.values(pts)) > 0).nonzero().squeeze(1).tolist():
+        if bool(spec.holds(net.integer_forward(pts[i : i + 1]))[0]):
+            return pts[i].clone()
+    return None
+
+
 @torch.no_grad()
 def bab_search(
     net: QNetwork,
@@ -161,15 +176,7 @@ def bab_search(
     out = SearchOutcome(SAFE, stats={"bound_s": 0.0, "attack_s": 0.0, "split_s": 0.0})
 
     def confirm(points: torch.Tensor) -> torch.Tensor | None:
-        """The first of the points (N×S flat) that reaches the unsafe set, or None: screened with
-        the exact spec values, then re-checked with the reference executor."""
-        if not points.shape[0]:
-            return None
-        pts = points.view(-1, *net.input_shape)
-        for i in (spec.badness(bounds.values(pts)) > 0).nonzero().squeeze(1).tolist():
-            if bool(spec.holds(net.integer_forward(pts[i : i + 1]))[0]):
-                return pts[i].clone()
-        return None
+        return first_unsafe(net, spec, bounds, points)
 
     def unsafe(point: torch.Tensor, note: str) -> SearchOutcome:
         out.status, out.counterexample, out.note = UNSAFE, point, note
