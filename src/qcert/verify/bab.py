@@ -64,20 +64,22 @@ class BabOptions:
         parse_rule(self.split)
         if self.arith_path not in ("auto", "int64"):
             raise InputError(f"arith_path must be 'auto' or 'int64', got {self.arith_path!r}")
-        for name in ("batch", "max_queue"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive integer, got {v!r}")
-        for name in (
-            "attack_steps",
-            "attack_restarts",
-            "inner_every",
-            "inner_boxes",
-            "inner_steps",
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InputError(f"{name} must be a non-negative integer, got {v!r}")
+        check_counts(self, ("batch", "max_queue"), 1)
+        check_counts(
+            self,
+            ("attack_steps", "attack_restarts", "inner_every", "inner_boxes", "inner_steps"),
+            0,
+        )
+
+
+def check_counts(options: object, names: tuple[str, ...], least: int) -> None:
+    """Each named field of ``options`` must be an integer ``>= least`` (0: non-negative, 1:
+    positive); else one :class:`InputError` naming the field."""
+    kind = "positive" if least == 1 else "non-negative"
+    for name in names:
+        v = getattr(options, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise InputError(f"{name} must be a {kind} integer, got {v!r}")
 
 
 @dataclass

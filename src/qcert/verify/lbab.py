@@ -163,32 +163,28 @@ class _Run:
             if (res := self.found(flat_lo, "the query box is a single unsafe point")) is None:
                 raise AssertionError("bounds of a single point are not exact")
             return res
-        # 2. linear bounds with tightened intermediate ranges (chords)
-        tb = time.monotonic()
+        # 2. linear bounds with tightened intermediate ranges (chords); 3. PGD on the box;
+        # 4. slopes optimized at the root. After 2 and 4: proof, or the bound's maximizer checked
         root = search.lb.refine(flat_lo, flat_hi)
-        ub, _, lam_in, _ = search.bound(self.C, flat_lo, flat_hi, root, None, 0)
-        ub = torch.minimum(ub, ub_ibp)
-        out.stats["bound_s"] += time.monotonic() - tb
-        if (res := self.proved(ub, "linear bounds")) is not None:
-            return res
-        res = self.found(corners(lam_in, flat_lo, flat_hi), "the bound's maximizer")
-        if res is not None:
-            return res
-        # 3. PGD on the query box
-        if (res := self.attack(lo, hi, x0)) is not None:
-            return res
-        # 4. optimized slopes at the root
-        tb = time.monotonic()
         params = search.init_params(root, self.C.shape[1])
-        rows = self.open_rows(ub)
-        ub, _, _ = self.optimize(flat_lo, flat_hi, root, ub, params, rows, opt.root_iters)
-        _, lams, lam_in, _ = search.bound(self.C, flat_lo, flat_hi, root, params, 0)
-        out.stats["bound_s"] += time.monotonic() - tb
-        if (res := self.proved(ub, "optimized linear bounds")) is not None:
-            return res
-        res = self.found(corners(lam_in, flat_lo, flat_hi), "the bound's maximizer")
-        if res is not None:
-            return res
+        ub = ub_ibp
+        for stage in ("linear bounds", "PGD", "optimized linear bounds"):
+            if stage == "PGD":
+                if (res := self.attack(lo, hi, x0)) is not None:
+                    return res
+                continue
+            tb = time.monotonic()
+            if stage != "linear bounds":
+                rows = self.open_rows(ub)
+                ub, _, _ = self.optimize(flat_lo, flat_hi, root, ub, params, rows, opt.root_iters)
+            lub, lams, lam_in, _ = search.bound(self.C, flat_lo, flat_hi, root, params, 0)
+            ub = torch.minimum(ub, lub)
+            out.stats["bound_s"] += time.monotonic() - tb
+            if (res := self.proved(ub, stage)) is not None:
+                return res
+            res = self.found(corners(lam_in, flat_lo, flat_hi), "the bound's maximizer")
+            if res is not None:
+                return res
         if int((flat_hi > flat_lo).sum()) <= opt.input_split_dims:
             return self.input_splitting(lo, hi, "few inputs")
         # 5. branch and bound over unit values, then input splitting if that is left

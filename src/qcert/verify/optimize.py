@@ -16,6 +16,7 @@ import torch
 
 from qcert.errors import InputError
 from qcert.quant.network import QNetwork
+from qcert.verify.bab import check_counts
 from qcert.verify.linear import F64, LinearBounds
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]
@@ -57,22 +58,9 @@ class LinearBabOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch", "max_queue"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive integer, got {v!r}")
-        for name in (
-            "root_iters",
-            "iters",
-            "attack_steps",
-            "attack_restarts",
-            "refine_units",
-            "input_split_dims",
-            "threads",
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InputError(f"{name} must be a non-negative integer, got {v!r}")
+        check_counts(self, ("batch", "max_queue"), 1)
+        names = ("root_iters", "iters", "attack_steps", "attack_restarts", "refine_units")
+        check_counts(self, (*names, "input_split_dims", "threads"), 0)
         if not 0 < float(self.lr) < float("inf"):
             raise InputError(f"lr must be a positive number, got {self.lr!r}")
 
