@@ -58,7 +58,7 @@ from qcert.verify.spec import OutputSpec
 __all__ = ["LinearBab", "LinearBabOptions", "linear_bab_search"]
 
 
-def linear_bab_search(
+def linear_bab_search(  # fmt: skip
     net: QNetwork,
     lo: torch.Tensor,
     hi: torch.Tensor,
