@@ -1,14 +1,16 @@
 """The MILP peer: a silent HiGHS (the VNN-COMP answer is stdout's first line), one deadline per
-query handed to HiGHS as the time left, and precomputed per-unit bounds (``unit_bounds``) that
-keep the verdicts exact."""
+query (HiGHS runs in a child process that gets the time left and is killed when late), and
+precomputed per-unit bounds (``unit_bounds``) that keep the verdicts exact."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from qnets import small_mlp
@@ -20,6 +22,7 @@ from qcert.bounds import eps_box
 from qcert.errors import InputError
 from qcert.quant import QNetwork, QRequant, save_model
 from qcert.verify import OutputSpec, milp_search
+from qcert.verify.highs_process import ARRAYS, HIGHS_OPTIONS, HighsProcess, solve
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -63,38 +66,37 @@ def test_highs_banner_never_reaches_stdout(tmp_path: Path) -> None:
     assert res.stdout.count("\n") == 1
 
 
-class _Recorder:
-    """Stands in for a Highs instance and records the options set on it."""
-
-    def __init__(self, h: object, log: list[tuple[str, object]]) -> None:
-        self._h, self._log = h, log
-        for name in ("output_flag", "log_to_console"):  # silent from the start
-            status, value = h.getOptionValue(name)  # type: ignore[attr-defined]
-            log.append((f"{name} when new", value))
-
-    def setOptionValue(self, name: str, value: object) -> object:  # noqa: N802 (HiGHS's name)
-        self._log.append((name, value))
-        return self._h.setOptionValue(name, value)  # type: ignore[attr-defined]
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._h, name)
+def _tiny_milp(lower: float) -> list:
+    """x0 + x1 >= lower with x in [0, 3]^2 (integer), as the child's arrays."""
+    arrays = dict(
+        col_lower=np.zeros(2), col_upper=np.full(2, 3.0), row_lower=np.array([lower]),
+        row_upper=np.array([np.inf]), start=np.array([0, 2]), index=np.array([0, 1]),
+        value=np.ones(2),
+    )  # fmt: skip
+    return [arrays[k] for k in ARRAYS]
 
 
-def test_each_solve_gets_the_time_left_and_presolve_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    log: list[tuple[str, object]] = []
-    real = milp.new_highs
-    monkeypatch.setattr(milp, "new_highs", lambda: _Recorder(real(), log))
-    net = random_net(3)
-    x = torch.full(net.input_shape, net.input_range[0] + 3)
-    lo, hi = eps_box(net, x[None], 3)
-    for label in range(net.num_classes):
-        spec = OutputSpec.robustness(label, net.num_classes)
-        milp_search(net, lo, hi, spec, timeout=7.0, use_bounds=False)
-    limits = [v for k, v in log if k == "time_limit"]
-    assert limits and all(0 < float(v) <= 7.0 for v in limits)  # type: ignore[arg-type]
-    assert ("presolve", "off") in log
-    new = [(k, v) for k, v in log if k.endswith("when new")]
-    assert new and all(v is False for _, v in new)
+def test_highs_process_answers_and_keeps_the_deadline() -> None:
+    proc = HighsProcess()
+    try:
+        status, x = proc.solve(_tiny_milp(5.5), time.monotonic() + 60)
+        assert status == "feasible" and x is not None and x.sum() >= 5.5
+        assert proc.solve(_tiny_milp(6.5), time.monotonic() + 60) == ("infeasible", None)
+        # the child computes HiGHS's time limit from the deadline: none left, no solve
+        head = {"deadline": time.time() - 1, "options": HIGHS_OPTIONS}
+        assert solve(head, _tiny_milp(5.5))[0].startswith("time limit")
+    finally:
+        proc.stop()
+    # a child that never answers is killed at the deadline (plus a small grace), and replaced
+    stuck = HighsProcess([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        t0 = time.monotonic()
+        status, x = stuck.solve(_tiny_milp(1), t0 + 0.5)
+        assert status.startswith("time limit") and x is None
+        assert time.monotonic() - t0 < 60  # (the child would sleep 120 s)
+        assert stuck.proc is not None and stuck.proc.poll() is None  # a fresh child waits
+    finally:
+        stuck.stop()
 
 
 def test_deadline_checked_while_building() -> None:

@@ -30,14 +30,12 @@ HiGHS's floating-point arithmetic; the branch and bound is the exact verifier.
 ``unit_bounds`` (optional, sound by contract): tighter bounds of each requantization's input (e.g.
 linear bounds), intersected with the interval bounds and propagated: smaller big-M constants, more
 stable units. One deadline per query: the encoding checks it, each solve gets what is left of it.
-HiGHS stays silent (its banner, printed on stdout as an instance is constructed, goes to /dev/null).
+HiGHS runs in a child process (``highs_process``) that is killed if it overruns the deadline.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import threading
+import importlib.util
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,12 +51,8 @@ from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 from qcert.verify.bab import SAFE, TIMEOUT, UNSAFE, SearchOutcome
 from qcert.verify.bounds import SpecBounds
+from qcert.verify.highs_process import ARRAYS, HIGHS
 from qcert.verify.spec import OutputSpec
-
-try:  # highspy is a dependency; import lazily-failing so the rest of qcert works without it
-    import highspy
-except ImportError:  # pragma: no cover
-    highspy = None
 
 INF = float("inf")
 HALF = 0.5  # integer rows are relaxed by this much on each side
@@ -73,38 +67,6 @@ class _OutOfTime(Exception):
 def _check_time(deadline: float | None) -> None:
     if deadline is not None and time.monotonic() > deadline:
         raise _OutOfTime
-
-
-_STDOUT_LOCK = threading.Lock()
-
-
-def new_highs() -> highspy.Highs:
-    """A silent HiGHS instance. HiGHS prints its banner on stdout as an instance is constructed,
-    before any option can be set, so the construction runs with file descriptor 1 on /dev/null
-    (a VNN-COMP answer must be the first line of stdout); then ``output_flag`` and
-    ``log_to_console`` are switched off before anything else is done with it."""
-    with _STDOUT_LOCK:
-        try:
-            saved = os.dup(1)
-        except OSError:  # no stdout at all: nothing to protect
-            saved = -1
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            if saved >= 0:
-                os.dup2(devnull, 1)
-            h = highspy.Highs()
-            try:  # the banner may sit in C's stdout buffer: flush it while it goes to /dev/null
-                ctypes.CDLL(None).fflush(None)
-            except (OSError, AttributeError, TypeError):  # pragma: no cover - no C runtime
-                pass
-        finally:
-            if saved >= 0:
-                os.dup2(saved, 1)
-                os.close(saved)
-            os.close(devnull)
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("log_to_console", False)
-    return h
 
 
 @dataclass
@@ -351,7 +313,7 @@ def milp_search(
     (an empty intersection is an InputError). The whole query, building included, keeps to
     ``timeout``: the clock is checked while building and each solve gets the time left.
     """
-    if highspy is None:  # pragma: no cover
+    if importlib.util.find_spec("highspy") is None:  # pragma: no cover
         raise InputError("the MILP method needs the highspy package (pip install highspy)")
     t0 = time.monotonic()
     deadline = t0 + float(timeout)
@@ -366,6 +328,7 @@ def milp_search(
         order = [d for d in sorted(order, key=lambda d: -int(slack[d])) if int(slack[d]) > 0]
     if not order:
         return out
+    HIGHS.start()
     try:
         model, z, n_in = encode(net, lo, hi, unit_bounds, deadline)
     except _OutOfTime:
@@ -412,39 +375,15 @@ def _solve(
     deadline: float,
 ) -> tuple[str, np.ndarray | None]:
     """One MILP: the shared rows ``base`` (index, value, starts, lower, upper) and the rows
-    ``sub x >= sub_lo``; HiGHS's time limit is what is left until ``deadline`` when it starts."""
+    ``sub x >= sub_lo``, solved in the HiGHS process by ``deadline`` (monotonic)."""
     b_idx, b_val, b_starts, b_lo, b_hi = base
-    ncol, h = len(model.lower), new_highs()
-    # HiGHS's presolve does not watch the time limit (3.5 s of presolve on a 2 s budget for a small
-    # CNN); without it the MILPs measured here were also solved faster
-    h.setOptionValue("presolve", "off")
-    h.setOptionValue("mip_feasibility_tolerance", 1e-7)
-    h.setOptionValue("primal_feasibility_tolerance", 1e-7)
-    lp = highspy.HighsLp()
-    n_row = b_lo.size + sub.shape[0]
-    lp.num_col_ = ncol
-    lp.num_row_ = n_row
-    lp.col_cost_ = np.zeros(ncol)
-    lp.col_lower_ = np.array(model.lower, dtype=np.float64)
-    lp.col_upper_ = np.array(model.upper, dtype=np.float64)
-    lp.row_lower_ = np.concatenate([b_lo, sub_lo])
-    lp.row_upper_ = np.concatenate([b_hi, np.full(sub.shape[0], INF)])
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    lp.a_matrix_.num_col_ = ncol
-    lp.a_matrix_.num_row_ = n_row
-    lp.a_matrix_.start_ = np.concatenate([b_starts, b_starts[-1] + sub.indptr[1:]]).astype(np.int32)
-    lp.a_matrix_.index_ = np.concatenate([b_idx, sub.indices.astype(np.int32)])
-    lp.a_matrix_.value_ = np.concatenate([b_val, sub.data])
-    lp.integrality_ = [highspy.HighsVarType.kInteger] * ncol
-    h.passModel(lp)
-    left = deadline - time.monotonic()
-    if left <= 0:
-        return "time limit (building the MILP)", None
-    h.setOptionValue("time_limit", left)
-    h.run()
-    st = h.getModelStatus()
-    if st == highspy.HighsModelStatus.kOptimal:
-        return "feasible", np.array(h.getSolution().col_value[:ncol])
-    if st == highspy.HighsModelStatus.kInfeasible:
-        return "infeasible", None
-    return h.modelStatusToString(st), None
+    arrays = dict(
+        col_lower=np.array(model.lower, dtype=np.float64),
+        col_upper=np.array(model.upper, dtype=np.float64),
+        row_lower=np.concatenate([b_lo, sub_lo]),
+        row_upper=np.concatenate([b_hi, np.full(sub.shape[0], INF)]),
+        start=np.concatenate([b_starts, b_starts[-1] + sub.indptr[1:]]).astype(np.int64),
+        index=np.concatenate([b_idx, sub.indices.astype(np.int32)]),
+        value=np.concatenate([b_val, sub.data]),
+    )
+    return HIGHS.solve([arrays[k] for k in ARRAYS], deadline)
