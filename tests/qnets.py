@@ -464,3 +464,19 @@ def truth_verdict(net: QNetwork, x: torch.Tensor, label: int, eps: int) -> str:
     return (
         "vulnerable" if bool((net.predict(box_points(lo[0], hi[0])) != label).any()) else "robust"
     )
+
+
+def sample_queries(
+    net: QNetwork, seed: int, salt: int, n: int = 3
+) -> Iterable[tuple[int, torch.Tensor, int, int, str]]:
+    """``n`` random samples of ``net`` with ε in 1..3, each asked for its predicted class and for
+    another one: ``(q, x, label, eps, truth)`` with the enumerated verdict."""
+    rng = random.Random(salt + seed)
+    lo_v, hi_v = net.input_range
+    for q in range(n):
+        g = torch.Generator().manual_seed(seed * 10 + q)
+        x = torch.randint(lo_v, hi_v + 1, net.input_shape, generator=g)
+        eps = rng.choice([1, 2, 3])
+        pred = int(net.predict(x[None])[0])
+        for label in (pred, (pred + 1 + q) % net.num_classes):
+            yield q, x, label, eps, truth_verdict(net, x, label, eps)

@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from qnets import box_points, enumerable_net, random_layer, truth_verdict
+from qnets import box_points, enumerable_net, random_layer, sample_queries
 
 from qcert.bounds import eps_box, margin_lower_bounds
 from qcert.quant import FixedPointFormat, QFlatten, QNetwork, QRequant, argmax_first
@@ -20,32 +20,24 @@ NO_ATTACK = dict(attack_steps=0, inner_every=0)
 @pytest.mark.parametrize("seed", range(20))
 def test_verdicts_match_enumeration(seed: int) -> None:
     net = enumerable_net(seed)
-    rng = random.Random(1000 + seed)
     rules = ["widest", "smear", "gradient", "bound", "bound:2"]
-    lo_v, hi_v = net.input_range
-    for q in range(3):
-        g = torch.Generator().manual_seed(seed * 10 + q)
-        x = torch.randint(lo_v, hi_v + 1, net.input_shape, generator=g)
-        eps = rng.choice([1, 2, 3])
-        pred = int(net.predict(x[None])[0])
-        for label in (pred, (pred + 1 + q) % net.num_classes):
-            truth = truth_verdict(net, x, label, eps)
-            rule = rules[(seed + q) % len(rules)]
-            results = [
-                verify_sample(net, x, label, eps, timeout=60),
-                verify_sample(
-                    net, x, label, eps, timeout=60, options=BabOptions(split=rule, **NO_ATTACK)
-                ),
-                verify_sample(net, x, label, eps, timeout=60, method="milp"),
-            ]
-            for r in results:
-                assert r.verdict == truth, (seed, q, label, eps, rule, r)
-                if r.verdict in ("vulnerable", "misclassified"):
-                    cex = torch.tensor(r.counterexample).reshape(1, *net.input_shape)
-                    assert int(argmax_first(net.integer_forward(cex))[0]) == r.predicted != label
-                    assert int((cex[0] - x).abs().max()) <= eps
-                else:
-                    assert r.counterexample is None
+    for q, x, label, eps, truth in sample_queries(net, seed, 1000):
+        rule = rules[(seed + q) % len(rules)]
+        results = [
+            verify_sample(net, x, label, eps, timeout=60),
+            verify_sample(
+                net, x, label, eps, timeout=60, options=BabOptions(split=rule, **NO_ATTACK)
+            ),
+            verify_sample(net, x, label, eps, timeout=60, method="milp"),
+        ]
+        for r in results:
+            assert r.verdict == truth, (seed, q, label, eps, rule, r)
+            if r.verdict in ("vulnerable", "misclassified"):
+                cex = torch.tensor(r.counterexample).reshape(1, *net.input_shape)
+                assert int(argmax_first(net.integer_forward(cex))[0]) == r.predicted != label
+                assert int((cex[0] - x).abs().max()) <= eps
+            else:
+                assert r.counterexample is None
 
 
 @pytest.mark.parametrize("seed", range(30, 42))

@@ -10,7 +10,7 @@ import random
 
 import pytest
 import torch
-from qnets import box_points, enumerable_net, truth_verdict
+from qnets import box_points, enumerable_net, sample_queries, truth_verdict
 
 from qcert.bounds import eps_box
 from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant, Rounding, argmax_first
@@ -154,26 +154,18 @@ NO_ATTACK = LinearBabOptions(attack_steps=0, root_iters=2, iters=2, batch=4, inp
 
 def _search_matches_enumeration(seed: int) -> None:
     net = enumerable_net(seed)
-    rng = random.Random(500 + seed)
-    lo_v, hi_v = net.input_range
-    for q in range(3):
-        g = torch.Generator().manual_seed(seed * 10 + q)
-        x = torch.randint(lo_v, hi_v + 1, net.input_shape, generator=g)
-        eps = rng.choice([1, 2, 3])
-        pred = int(net.predict(x[None])[0])
-        for label in (pred, (pred + 1 + q) % net.num_classes):
-            truth = truth_verdict(net, x, label, eps)
-            if truth == "misclassified":
-                continue
-            lo, hi = eps_box(net, x[None], eps)
-            spec = OutputSpec.robustness(label, net.num_classes)
-            for options in (NO_ATTACK, LinearBabOptions(input_split_dims=0), LinearBabOptions()):
-                res = linear_bab_search(net, lo, hi, spec, timeout=60, options=options)
-                assert res.status == ("safe" if truth == "robust" else "unsafe"), (seed, q, res)
-                if res.status == "unsafe":
-                    cex = res.counterexample.reshape(1, *net.input_shape)
-                    assert int(argmax_first(net.integer_forward(cex))[0]) != label
-                    assert bool((cex >= lo).all()) and bool((cex <= hi).all())
+    for q, x, label, eps, truth in sample_queries(net, seed, 500):
+        if truth == "misclassified":
+            continue
+        lo, hi = eps_box(net, x[None], eps)
+        spec = OutputSpec.robustness(label, net.num_classes)
+        for options in (NO_ATTACK, LinearBabOptions(input_split_dims=0), LinearBabOptions()):
+            res = linear_bab_search(net, lo, hi, spec, timeout=60, options=options)
+            assert res.status == ("safe" if truth == "robust" else "unsafe"), (seed, q, res)
+            if res.status == "unsafe":
+                cex = res.counterexample.reshape(1, *net.input_shape)
+                assert int(argmax_first(net.integer_forward(cex))[0]) != label
+                assert bool((cex >= lo).all()) and bool((cex <= hi).all())
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -187,12 +179,16 @@ def test_search_matches_enumeration_many(seed: int) -> None:
     _search_matches_enumeration(seed)
 
 
-def test_prebuilt_bounds_and_single_points() -> None:
-    net = enumerable_net(4)
-    lo_v, _ = net.input_range
-    x = torch.full((1, *net.input_shape), lo_v, dtype=torch.int64)
+def _corner_query(seed: int) -> tuple[QNetwork, torch.Tensor, int, OutputSpec]:
+    """A network, its lowest input point, that point's class and its robustness spec."""
+    net = enumerable_net(seed)
+    x = torch.full((1, *net.input_shape), net.input_range[0], dtype=torch.int64)
     label = int(net.predict(x)[0])
-    spec = OutputSpec.robustness(label, net.num_classes)
+    return net, x, label, OutputSpec.robustness(label, net.num_classes)
+
+
+def test_prebuilt_bounds_and_single_points() -> None:
+    net, x, label, spec = _corner_query(4)
     res = linear_bab_search(net, x, x, spec, bounds=SpecBounds(net, spec))
     assert res.status == "safe"
     other = OutputSpec.robustness((label + 1) % net.num_classes, net.num_classes)
@@ -203,11 +199,7 @@ def test_prebuilt_bounds_and_single_points() -> None:
 def test_the_method_is_registered_and_follows_weight_changes() -> None:
     from qcert.verify.query import verify_query
 
-    net = enumerable_net(2)
-    lo_v, _ = net.input_range
-    x = torch.full((1, *net.input_shape), lo_v, dtype=torch.int64)
-    label = int(net.predict(x)[0])
-    spec = OutputSpec.robustness(label, net.num_classes)
+    net, x, label, spec = _corner_query(2)
     assert verify_query(net, x, x, spec, method="linear-bab").proven
     with torch.no_grad():  # a change in place: the cached searcher must not be reused
         for p in net.parameters():

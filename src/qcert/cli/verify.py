@@ -14,15 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from qcert.cli.common import (
-    add_ray_args,
-    check_outputs,
-    finite_float,
-    load_dataset_for,
-    nonneg_int,
-    positive_int,
-    print_json,
-)
+from qcert.cli import common
 from qcert.errors import InputError
 from qcert.progress import progress_task
 from qcert.quant import load_model
@@ -53,12 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-root", default=None, help="folder with the dataset files (IDX, CIFAR)")
     p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--eps", type=nonneg_int, default=None, help="L∞ radius in input integer steps")
-    p.add_argument("--n", type=positive_int, default=None, help="number of samples")
-    p.add_argument("--start", type=nonneg_int, default=0, help="index of the first sample")
+    p.add_argument(
+        "--eps", type=common.nonneg_int, default=None, help="L∞ radius in input integer steps"
+    )
+    p.add_argument("--n", type=common.positive_int, default=None, help="number of samples")
+    p.add_argument("--start", type=common.nonneg_int, default=0, help="index of the first sample")
     p.add_argument("--vnnlib", default=None, help="a VNN-LIB property file instead of a dataset")
     p.add_argument("--cex", default=None, help="VNN-LIB mode: write the result/counterexample here")
-    p.add_argument("--timeout", type=finite_float, default=20.0, help="seconds per query")
+    p.add_argument("--timeout", type=common.finite_float, default=20.0, help="seconds per query")
     p.add_argument(
         "--method",
         choices=list(METHODS),
@@ -74,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON Lines file of per-sample results (resumable)")
-    add_ray_args(p)
+    common.add_ray_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
@@ -90,7 +84,7 @@ def _check_cex_file(path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_outputs([args.model, args.vnnlib], {"--out": args.out, "--cex": args.cex})
+    common.check_outputs([args.model, args.vnnlib], {"--out": args.out, "--cex": args.cex})
     if args.vnnlib is not None:
         if args.dataset is not None or args.eps is not None:
             raise InputError("--vnnlib takes no --dataset or --eps")
@@ -112,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     dataset, eps = args.dataset, args.eps
     assert dataset is not None and eps is not None  # checked above
     n = None if args.n is None else args.start + args.n
-    images, labels, _ = load_dataset_for(net, dataset, args.split, args.data_root, n)
+    images, labels, _ = common.load_dataset_for(net, dataset, args.split, args.data_root, n)
     if args.start >= images.shape[0]:
         raise InputError(f"--start {args.start} is past the {images.shape[0]} samples")
     total = images.shape[0] - args.start
@@ -142,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     if args.json:
-        print_json(summary)
+        common.print_json(summary)
     else:
         print(
             f"certified {summary['robust']}/{summary['n']} ({summary['certified_acc']:.4f}) at "

@@ -64,20 +64,22 @@ class BabOptions:
         parse_rule(self.split)
         if self.arith_path not in ("auto", "int64"):
             raise InputError(f"arith_path must be 'auto' or 'int64', got {self.arith_path!r}")
-        for name in ("batch", "max_queue"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{name} must be a positive integer, got {v!r}")
-        for name in (
-            "attack_steps",
-            "attack_restarts",
-            "inner_every",
-            "inner_boxes",
-            "inner_steps",
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InputError(f"{name} must be a non-negative integer, got {v!r}")
+        check_counts(self, ("batch", "max_queue"), 1)
+        check_counts(
+            self,
+            ("attack_steps", "attack_restarts", "inner_every", "inner_boxes", "inner_steps"),
+            0,
+        )
+
+
+def check_counts(options: object, names: tuple[str, ...], least: int) -> None:
+    """Each named field of ``options`` must be an integer ``>= least`` (0: non-negative, 1:
+    positive); else one :class:`InputError` naming the field."""
+    kind = "positive" if least == 1 else "non-negative"
+    for name in names:
+        v = getattr(options, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise InputError(f"{name} must be a {kind} integer, got {v!r}")
 
 
 @dataclass
@@ -130,6 +132,21 @@ class _Stack:
         return lo, hi, ub
 
 
+def first_unsafe(
+    net: QNetwork, spec: OutputSpec, bounds: SpecBounds, points: torch.Tensor
+) -> torch.Tensor | None:
+    """The first of the integer points (N×input, any layout) that reaches the unsafe set of
+    ``spec``, or None: screened with the exact spec values, then re-checked with the reference
+    executor."""
+    if not points.shape[0]:
+        return None
+    pts = points.reshape(-1, *net.input_shape)
+    for i in (spec.badness(bounds.values(pts)) > 0).nonzero().squeeze(1).tolist():
+        if bool(spec.holds(net.integer_forward(pts[i : i + 1]))[0]):
+            return pts[i].clone()
+    return None
+
+
 @torch.no_grad()
 def bab_search(
     net: QNetwork,
@@ -161,15 +178,7 @@ def bab_search(
     out = SearchOutcome(SAFE, stats={"bound_s": 0.0, "attack_s": 0.0, "split_s": 0.0})
 
     def confirm(points: torch.Tensor) -> torch.Tensor | None:
-        """The first of the points (N×S flat) that reaches the unsafe set, or None: screened with
-        the exact spec values, then re-checked with the reference executor."""
-        if not points.shape[0]:
-            return None
-        pts = points.view(-1, *net.input_shape)
-        for i in (spec.badness(bounds.values(pts)) > 0).nonzero().squeeze(1).tolist():
-            if bool(spec.holds(net.integer_forward(pts[i : i + 1]))[0]):
-                return pts[i].clone()
-        return None
+        return first_unsafe(net, spec, bounds, points)
 
     def unsafe(point: torch.Tensor, note: str) -> SearchOutcome:
         out.status, out.counterexample, out.note = UNSAFE, point, note

@@ -26,11 +26,18 @@ integer solutions; this keeps HiGHS's floating-point tolerances away from the de
 point is re-checked with the reference executor; only ``Optimal`` (feasible, re-checked) and
 ``Infeasible`` are answers, any other solver status is a timeout. The MILP's "safe" relies on
 HiGHS's floating-point arithmetic; the branch and bound is the exact verifier.
+
+``unit_bounds`` (optional, sound by contract): tighter bounds of each requantization's input (e.g.
+linear bounds), intersected with the interval bounds and propagated: smaller big-M constants, more
+stable units. One deadline per query: the encoding checks it, each solve gets what is left of it.
+HiGHS runs in a child process (``highs_process``) that is killed if it overruns the deadline.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,15 +51,22 @@ from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 from qcert.verify.bab import SAFE, TIMEOUT, UNSAFE, SearchOutcome
 from qcert.verify.bounds import SpecBounds
+from qcert.verify.highs_process import ARRAYS, HIGHS
 from qcert.verify.spec import OutputSpec
-
-try:  # highspy is a dependency; import lazily-failing so the rest of qcert works without it
-    import highspy
-except ImportError:  # pragma: no cover
-    highspy = None  # type: ignore[assignment]
 
 INF = float("inf")
 HALF = 0.5  # integer rows are relaxed by this much on each side
+#: per requantization layer, (lo, hi) int64 bounds of its input (one entry per unit)
+UnitBounds = Sequence[tuple[torch.Tensor, torch.Tensor]]
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _check_time(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise _OutOfTime
 
 
 @dataclass
@@ -75,6 +89,17 @@ class _Model:
         keep = val != 0
         self.rows.append((idx[keep], val[keep], lo - HALF, hi + HALF))
 
+    def csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The rows as (column indices, values, row starts, lower sides, upper sides)."""
+        idx, val = [r[0] for r in self.rows], [r[1] for r in self.rows]
+        return (
+            np.concatenate([np.zeros(0, np.int32), *idx]).astype(np.int32),
+            np.concatenate([np.zeros(0), *val]),
+            np.cumsum([0] + [i.size for i in idx]),
+            np.array([r[2] for r in self.rows], dtype=np.float64),
+            np.array([r[3] for r in self.rows], dtype=np.float64),
+        )
+
 
 class _Expr:
     """Affine integer expressions ``E v + c`` of a layer's outputs (E sparse CSR over columns)."""
@@ -95,15 +120,7 @@ def _conv_matrix(layer: QConv2d) -> sp.csr_matrix:
     kh, kw = layer.kernel_size
     (sh, sw), (ph, pw) = layer.stride, layer.padding
     wt = layer.int_weight().numpy()
-    o, c, y, x, a, b = np.meshgrid(
-        np.arange(co),
-        np.arange(ci),
-        np.arange(oh),
-        np.arange(ow),
-        np.arange(kh),
-        np.arange(kw),
-        indexing="ij",
-    )
+    o, c, y, x, a, b = np.meshgrid(*(np.arange(n) for n in (co, ci, oh, ow, kh, kw)), indexing="ij")
     iy, ix = y * sh - ph + a, x * sw - pw + b
     ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
     rows = ((o * oh + y) * ow + x)[ok]
@@ -117,28 +134,53 @@ def _pool_matrix(layer: QAvgPool2d) -> sp.csr_matrix:
     ch, h, w = layer.in_shape
     _, oh, ow = layer.out_shape
     (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
-    c, y, x, a, b = np.meshgrid(
-        np.arange(ch), np.arange(oh), np.arange(ow), np.arange(kh), np.arange(kw), indexing="ij"
-    )
+    c, y, x, a, b = np.meshgrid(*(np.arange(n) for n in (ch, oh, ow, kh, kw)), indexing="ij")
     rows = ((c * oh + y) * ow + x).ravel()
     cols = ((c * h + y * sh + a) * w + x * sw + b).ravel()
     return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(ch * oh * ow, ch * h * w))
 
 
-def encode(net: QNetwork, lo: torch.Tensor, hi: torch.Tensor) -> tuple[_Model, _Expr, int]:
-    """The exact MILP of the network on the integer box: (model, logit expressions, #inputs)."""
+def _check_unit_bounds(net: QNetwork, unit_bounds: UnitBounds | None) -> list[int]:
+    req = [i for i, layer in enumerate(net.layers) if isinstance(layer, QRequant)]
+    if unit_bounds is not None and len(unit_bounds) != len(req):
+        raise InputError(
+            f"unit_bounds has {len(unit_bounds)} entries for {len(req)} requantization layers"
+        )
+    return req
+
+
+def encode(
+    net: QNetwork,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    unit_bounds: UnitBounds | None = None,
+    deadline: float | None = None,
+) -> tuple[_Model, _Expr, int]:
+    """The exact MILP of the network on the integer box: (model, logit expressions, #inputs).
+    ``unit_bounds`` as in :func:`milp_search`; past ``deadline`` (monotonic) it raises _OutOfTime."""
+    req = _check_unit_bounds(net, unit_bounds)
     model = _Model([], [], [], [])
     flo, fhi = lo.reshape(-1), hi.reshape(-1)
     n_in = flo.numel()
     for a, b in zip(flo.tolist(), fhi.tolist()):
         model.var(float(a), float(b))
     expr = _Expr(sp.identity(n_in, format="csr", dtype=np.float64), np.zeros(n_in, np.int64))
-    bounds = net.int_bounds(lo.reshape(1, *net.input_shape), hi.reshape(1, *net.input_shape))
+    # interval bounds of every layer's input, tightened by unit_bounds where given
+    b_lo = net.check_input(lo.reshape(1, *net.input_shape))
+    b_hi = net.check_input(hi.reshape(1, *net.input_shape))
     for i, layer in enumerate(net.layers):
+        _check_time(deadline)
         ncols = len(model.lower)
         E = expr.E
         if E.shape[1] < ncols:
             E = sp.csr_matrix((E.data, E.indices, E.indptr), shape=(E.shape[0], ncols))
+        if isinstance(layer, QRequant) and unit_bounds is not None:
+            u_lo, u_hi = unit_bounds[req.index(i)]
+            u_lo = torch.as_tensor(u_lo, dtype=torch.int64).reshape(b_lo.shape)
+            u_hi = torch.as_tensor(u_hi, dtype=torch.int64).reshape(b_hi.shape)
+            b_lo, b_hi = torch.maximum(b_lo, u_lo), torch.minimum(b_hi, u_hi)
+            if bool((b_lo > b_hi).any()):
+                raise InputError(f"unit_bounds of layer {i} contradict its interval bounds")
         if isinstance(layer, QLinear | QConv2d):
             W = (
                 sp.csr_matrix(layer.int_weight().numpy().astype(np.float64))
@@ -161,10 +203,11 @@ def encode(net: QNetwork, lo: torch.Tensor, hi: torch.Tensor) -> tuple[_Model, _
         elif isinstance(layer, QFlatten):
             expr = _Expr(E, expr.c)
         elif isinstance(layer, QRequant):
-            acc_lo, acc_hi = bounds[i - 1] if i else (lo, hi)
-            expr = _requant(model, layer, _Expr(E, expr.c), acc_lo.reshape(-1), acc_hi.reshape(-1))
+            acc = _Expr(E, expr.c)
+            expr = _requant(model, layer, acc, b_lo.reshape(-1), b_hi.reshape(-1), deadline)
         else:
             raise InputError(f"the MILP encoding does not support layer {type(layer).__name__}")
+        b_lo, b_hi = layer.int_bounds(b_lo, b_hi)
     ncols = len(model.lower)
     E = expr.E
     expr = _Expr(sp.csr_matrix((E.data, E.indices, E.indptr), shape=(E.shape[0], ncols)), expr.c)
@@ -172,7 +215,12 @@ def encode(net: QNetwork, lo: torch.Tensor, hi: torch.Tensor) -> tuple[_Model, _
 
 
 def _requant(
-    model: _Model, layer: QRequant, acc: _Expr, acc_lo: torch.Tensor, acc_hi: torch.Tensor
+    model: _Model,
+    layer: QRequant,
+    acc: _Expr,
+    acc_lo: torch.Tensor,
+    acc_hi: torch.Tensor,
+    deadline: float | None = None,
 ) -> _Expr:
     assert layer.in_frac is not None
     s = layer.in_frac - layer.format.frac
@@ -182,6 +230,8 @@ def _requant(
     rule = layer.rounding.value
     out_rows: list[tuple[list[int], list[float], int]] = []  # (cols, vals, const) per output
     for i in range(len(rlo)):
+        if i % 512 == 0:
+            _check_time(deadline)
         L, U = rlo[i], rhi[i]
         if U <= qmin or L >= qmax or L == U:
             out_rows.append(([], [], min(max(L, qmin), qmax)))
@@ -235,20 +285,11 @@ def _requant(
         if low and high:
             model.row(np.array([dlo, dhi]), np.array([1.0, 1.0]), -INF, 1)
         out_rows.append(([q], [1.0], 0))
-    n = len(out_rows)
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    indices: list[int] = []
-    data: list[float] = []
-    const = np.zeros(n, dtype=np.int64)
-    for i, (ci, cv, cc) in enumerate(out_rows):
-        indices += list(ci)
-        data += list(cv)
-        indptr[i + 1] = len(indices)
-        const[i] = cc
-    E = sp.csr_matrix(
-        (np.array(data, dtype=np.float64), np.array(indices, dtype=np.int64), indptr),
-        shape=(n, len(model.lower)),
-    )
+    indptr = np.cumsum([0] + [len(r[0]) for r in out_rows])
+    indices = np.array([c for r in out_rows for c in r[0]], dtype=np.int64)
+    data = np.array([v for r in out_rows for v in r[1]], dtype=np.float64)
+    const = np.array([r[2] for r in out_rows], dtype=np.int64)
+    E = sp.csr_matrix((data, indices, indptr), shape=(len(out_rows), len(model.lower)))
     return _Expr(E, const)
 
 
@@ -261,17 +302,25 @@ def milp_search(
     timeout: float = 20.0,
     use_bounds: bool = True,
     bounds: SpecBounds | None = None,
+    unit_bounds: UnitBounds | None = None,
 ) -> SearchOutcome:
     """Decide the query with one HiGHS MILP per unsafe disjunct (see the module docstring).
 
     ``use_bounds`` skips disjuncts that exact interval bounds already rule out on the whole box.
+    ``unit_bounds``: per requantization layer (in network order), (lo, hi) int64 bounds of its
+    input (the accumulator, one value per unit, any shape with that many elements), sound for
+    every integer input of the box: the caller's contract, intersected with the interval bounds
+    (an empty intersection is an InputError). The whole query, building included, keeps to
+    ``timeout``: the clock is checked while building and each solve gets the time left.
     """
-    if highspy is None:  # pragma: no cover
+    if importlib.util.find_spec("highspy") is None:  # pragma: no cover
         raise InputError("the MILP method needs the highspy package (pip install highspy)")
     t0 = time.monotonic()
+    deadline = t0 + float(timeout)
     lo, hi = lo.reshape(1, *net.input_shape), hi.reshape(1, *net.input_shape)
     lo, hi = check_box(net, lo, hi)
-    out = SearchOutcome(SAFE, stats={"solves": 0})
+    _check_unit_bounds(net, unit_bounds)
+    out = SearchOutcome(SAFE, stats={"solves": 0, "build_s": 0.0, "solve_s": 0.0})
     order = list(range(spec.num_disjuncts))
     if use_bounds:
         sb = bounds if bounds is not None else SpecBounds(net, spec)
@@ -279,42 +328,28 @@ def milp_search(
         order = [d for d in sorted(order, key=lambda d: -int(slack[d])) if int(slack[d]) > 0]
     if not order:
         return out
-    model, z, n_in = encode(net, lo, hi)
-    ncol = len(model.lower)
-    # the spec rows over the columns: A_r z = (A_r E) v + A_r c
-    A = spec.A.numpy()
+    HIGHS.start()
+    try:
+        model, z, n_in = encode(net, lo, hi, unit_bounds, deadline)
+    except _OutOfTime:
+        out.status, out.note = TIMEOUT, "time limit (building the MILP)"
+        return out
+    base = model.csr()  # the rows every disjunct shares; a disjunct adds its spec rows
+    A = spec.A.numpy()  # the spec rows over the columns: A_r z = (A_r E) v + A_r c
     AE = sp.csr_matrix(sp.csr_matrix(A.astype(np.float64)) @ z.E)
     Ac = A @ z.c
-    base_starts = [0]
-    base_idx: list[np.ndarray] = []
-    base_val: list[np.ndarray] = []
-    for idx, val, _, _ in model.rows:
-        base_idx.append(idx)
-        base_val.append(val)
-        base_starts.append(base_starts[-1] + idx.size)
-    row_lo = [r[2] for r in model.rows]
-    row_hi = [r[3] for r in model.rows]
     group = spec.group.tolist()
+    out.stats["build_s"] = time.monotonic() - t0
     for d in order:
-        remaining = t0 + float(timeout) - time.monotonic()
-        if remaining <= 0:
+        if time.monotonic() >= deadline:
             out.status, out.note = TIMEOUT, "time limit"
             return out
-        idx_l, val_l, lo_l, hi_l, starts = (
-            list(base_idx),
-            list(base_val),
-            list(row_lo),
-            list(row_hi),
-            list(base_starts),
-        )
-        for r in (r for r in range(len(group)) if group[r] == d):
-            a, b = AE.indptr[r], AE.indptr[r + 1]
-            idx_l.append(AE.indices[a:b].astype(np.int64))
-            val_l.append(AE.data[a:b])
-            starts.append(starts[-1] + (b - a))
-            lo_l.append(float(int(spec.b[r]) - int(Ac[r])) - HALF)
-            hi_l.append(INF)
-        status, x = _solve(model, ncol, idx_l, val_l, starts, lo_l, hi_l, remaining)
+        rows = [r for r in range(len(group)) if group[r] == d]
+        sub = AE[rows]
+        lo_d = np.array([float(int(spec.b[r]) - int(Ac[r])) - HALF for r in rows])
+        ts = time.monotonic()
+        status, x = _solve(model, base, sub, lo_d, deadline)
+        out.stats["solve_s"] += time.monotonic() - ts
         out.stats["solves"] += 1
         if status == "feasible":
             assert x is not None
@@ -334,41 +369,21 @@ def milp_search(
 
 def _solve(
     model: _Model,
-    ncol: int,
-    idx: list[np.ndarray],
-    val: list[np.ndarray],
-    starts: list[int],
-    row_lo: list[float],
-    row_hi: list[float],
-    time_limit: float,
+    base: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    sub: sp.csr_matrix,
+    sub_lo: np.ndarray,
+    deadline: float,
 ) -> tuple[str, np.ndarray | None]:
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("time_limit", max(0.01, float(time_limit)))
-    h.setOptionValue("mip_feasibility_tolerance", 1e-7)
-    h.setOptionValue("primal_feasibility_tolerance", 1e-7)
-    lp = highspy.HighsLp()
-    lp.num_col_ = ncol
-    lp.num_row_ = len(row_lo)
-    lp.col_cost_ = np.zeros(ncol)
-    lp.col_lower_ = np.array(model.lower, dtype=np.float64)
-    lp.col_upper_ = np.array(model.upper, dtype=np.float64)
-    lp.row_lower_ = np.array(row_lo, dtype=np.float64)
-    lp.row_upper_ = np.array(row_hi, dtype=np.float64)
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    lp.a_matrix_.num_col_ = ncol
-    lp.a_matrix_.num_row_ = len(row_lo)
-    lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
-    lp.a_matrix_.index_ = (
-        np.concatenate(idx).astype(np.int32) if idx else np.zeros(0, dtype=np.int32)
+    """One MILP: the shared rows ``base`` (index, value, starts, lower, upper) and the rows
+    ``sub x >= sub_lo``, solved in the HiGHS process by ``deadline`` (monotonic)."""
+    b_idx, b_val, b_starts, b_lo, b_hi = base
+    arrays = dict(
+        col_lower=np.array(model.lower, dtype=np.float64),
+        col_upper=np.array(model.upper, dtype=np.float64),
+        row_lower=np.concatenate([b_lo, sub_lo]),
+        row_upper=np.concatenate([b_hi, np.full(sub.shape[0], INF)]),
+        start=np.concatenate([b_starts, b_starts[-1] + sub.indptr[1:]]).astype(np.int64),
+        index=np.concatenate([b_idx, sub.indices.astype(np.int32)]),
+        value=np.concatenate([b_val, sub.data]),
     )
-    lp.a_matrix_.value_ = np.concatenate(val) if val else np.zeros(0)
-    lp.integrality_ = [highspy.HighsVarType.kInteger] * ncol
-    h.passModel(lp)
-    h.run()
-    st = h.getModelStatus()
-    if st == highspy.HighsModelStatus.kOptimal:
-        return "feasible", np.array(h.getSolution().col_value[:ncol])
-    if st == highspy.HighsModelStatus.kInfeasible:
-        return "infeasible", None
-    return h.modelStatusToString(st), None
+    return HIGHS.solve([arrays[k] for k in ARRAYS], deadline)

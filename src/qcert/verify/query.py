@@ -125,7 +125,13 @@ def _linear_bab(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
 
 
 def _milp(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
-    return milp_search(q.net, q.lo, q.hi, q.spec, timeout=timeout, bounds=q.bounds), "milp"
+    # big-M constants and stable units from the linear bounds of the box, not intervals alone
+    lo, hi = q.lo.reshape(1, -1), q.hi.reshape(1, -1)
+    unit_bounds = _searcher(q.net).lb.refine(lo, hi) if bool((lo <= hi).all()) else None
+    outcome = milp_search(
+        q.net, q.lo, q.hi, q.spec, timeout=timeout, bounds=q.bounds, unit_bounds=unit_bounds
+    )
+    return outcome, "milp"
 
 
 def _portfolio(q: Query, timeout: float) -> tuple[SearchOutcome, str]:

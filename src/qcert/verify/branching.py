@@ -1,0 +1,172 @@
+"""Branching for the linear-bound search: which unit to split (a BaBSR-like score), where (an
+integer threshold on the staircase), the children's re-tightened ranges, and the queue of open
+subproblems. Children of a split partition their parent's integer points: ``z <= t`` and
+``z >= t + 1``."""
+
+from __future__ import annotations
+
+import torch
+
+from qcert.verify.linear import F64
+from qcert.verify.optimize import Bounds, LinearBab, Params, floor_int
+
+
+def largest_at_most(layer, l: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """Per unit: the largest integer ``t`` in ``[l, u - 1]`` with ``y(t) <= v`` (``y(l) <= v <
+    y(u)`` assumed; the staircase is monotone), by bisection in exact integer arithmetic."""
+    a, b = l.clone(), u.clone()
+    while True:
+        open_ = (b - a) > 1
+        if not bool(open_.any()):
+            return a
+        mid = torch.div(a + b, 2, rounding_mode="floor")
+        ok = layer.integer(mid) <= v
+        a = torch.where(open_ & ok, mid, a)
+        b = torch.where(open_ & ~ok, mid, b)
+
+
+def corners(lam_in: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """The input corner maximizing each row's linear bound (B×R×n → (B·R)×n int64)."""
+    b, r, n = lam_in.shape
+    return torch.where(lam_in > 0, hi.reshape(1, 1, n), lo.reshape(1, 1, n)).reshape(b * r, n)
+
+
+def scores(search: LinearBab, bounds: Bounds, lams: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per unit layer (B×n): ``Σ_rows |λ|`` times the gap of the unit's relaxation; 0 where the
+    unit's value is fixed, -1 where it is fixed and cannot be split."""
+    out = []
+    for k, ((l, u), lam) in enumerate(zip(bounds, lams)):
+        unit = search.lb.units[k]
+        a_up, b_up, a_lo, b_lo = search.lb.relax(k, l, u)
+        lf, uf = l.to(F64), u.to(F64)
+        gap = torch.maximum((a_up - a_lo) * lf + b_up - b_lo, (a_up - a_lo) * uf + b_up - b_lo)
+        fixed = unit.layer.integer(l) == unit.layer.integer(u)
+        s = lam.abs().sum(1) * gap
+        out.append(torch.where(fixed, torch.full_like(s, -1.0), s))
+    return out
+
+
+def choose(score: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per subproblem: (layer, unit) of the highest score; unit -1 when nothing can be split."""
+    if not score:
+        return None
+    best = torch.stack([s.max(1).values for s in score], 1)  # B×L
+    layer = best.argmax(1)
+    unit = torch.stack([s.argmax(1) for s in score], 1).gather(1, layer.unsqueeze(1)).squeeze(1)
+    top = best.gather(1, layer.unsqueeze(1)).squeeze(1)
+    return layer, torch.where(top < 0, torch.full_like(unit, -1), unit)
+
+
+def branch(
+    search: LinearBab, bounds: Bounds, params: Params, choice: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[Bounds, Params]:
+    """Children (2B: the ``z <= t`` halves, then the ``z >= t + 1`` halves) of every subproblem."""
+    layer, unit = choice
+    b = layer.shape[0]
+    lows = [l.repeat(2, 1) for l, _ in bounds]
+    ups = [u.repeat(2, 1) for _, u in bounds]
+    for k in range(len(bounds)):
+        sel = (layer == k).nonzero().squeeze(1)
+        if not sel.numel():
+            continue
+        uu = unit[sel]
+        l, u = bounds[k][0][sel, uu], bounds[k][1][sel, uu]
+        layer_k = search.lb.units[k].layer
+        yl, yu = layer_k.integer(l), layer_k.integer(u)
+        fmt = layer_k.format
+        v = torch.div(yl + yu - 1, 2, rounding_mode="floor")  # the middle step
+        v = torch.where(yl == fmt.qmin, yl, v)  # leave the bottom step first
+        v = torch.where((yl > fmt.qmin) & (yu == fmt.qmax), yu - 1, v)  # else the top one
+        t = largest_at_most(layer_k, l, u, v)
+        ups[k][sel, uu] = t
+        lows[k][sel + b, uu] = t + 1
+    children = [(lo_, up_) for lo_, up_ in zip(lows, ups)]
+    idx = torch.cat([torch.arange(b), torch.arange(b)])
+    return children, params.select(idx)
+
+
+def refine_children(
+    search: LinearBab,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    bounds: Bounds,
+    split_layer: torch.Tensor,
+    max_units: int,
+    last_units: torch.Tensor | None = None,
+) -> Bounds:
+    """Re-tighten, by linear bounds, the ranges of layers after the earliest split layer (of the
+    last layer only ``last_units``, when given)."""
+    lb = search.lb
+    first = int(split_layer.min()) + 1
+    bounds = list(bounds)
+    nb = bounds[0][0].shape[0]
+    for k in range(first, len(lb.units)):
+        n = lb.units[k].size
+        units = torch.arange(n)
+        if k == len(lb.units) - 1 and last_units is not None:
+            units = last_units
+        m = int(units.numel())
+        if m > max_units or not m:
+            continue
+        eye = torch.eye(n, dtype=F64)[units].unsqueeze(0).expand(nb, m, n)
+        C = torch.cat([eye, -eye], dim=1)
+        val, err, _ = lb.backward(k, C, lo.expand(nb, -1), hi.expand(nb, -1), bounds[:k])
+        ubv = floor_int(val[:, :m] + err[:, :m])
+        lbv = -floor_int(val[:, m:] + err[:, m:])
+        l, u = bounds[k][0].clone(), bounds[k][1].clone()
+        nl = torch.maximum(l[:, units], lbv)
+        nu = torch.minimum(u[:, units], ubv)
+        l[:, units], u[:, units] = torch.minimum(nl, nu), nu
+        bounds[k] = (l, u)
+    return bounds
+
+
+class SubproblemQueue:
+    """Open subproblems in chunks (bounds, row upper bounds, scores, parameters); the newest are
+    taken first (depth first keeps the queue short)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[Bounds, torch.Tensor, list[torch.Tensor], Params]] = []
+        self.size = 0
+
+    def push(
+        self, bounds: Bounds, ub: torch.Tensor, scores: list[torch.Tensor], params: Params
+    ) -> None:
+        if ub.shape[0]:
+            self.chunks.append((bounds, ub, scores, params))
+            self.size += int(ub.shape[0])
+
+    def pop(self, n: int) -> tuple[Bounds, torch.Tensor, list[torch.Tensor], Params]:
+        parts = []
+        while n and self.chunks:
+            item = self.chunks.pop()
+            k = int(item[1].shape[0])
+            if k > n:
+                self.chunks.append(_take(item, torch.arange(k - n)))
+                item, k = _take(item, torch.arange(k - n, k)), n
+            parts.append(item)
+            n -= k
+        self.size -= sum(int(p[1].shape[0]) for p in parts)
+        return _cat(parts)
+
+
+def _take(item, idx: torch.Tensor):  # noqa: ANN001, ANN202
+    bnds, ub, sc, par = item
+    return ([(l[idx], u[idx]) for l, u in bnds], ub[idx], [s[idx] for s in sc], par.select(idx))
+
+
+def _cat(parts):  # noqa: ANN001, ANN202
+    if len(parts) == 1:
+        return parts[0]
+    nl = len(parts[0][0])
+    bnds = [
+        (torch.cat([p[0][k][0] for p in parts]), torch.cat([p[0][k][1] for p in parts]))
+        for k in range(nl)
+    ]
+    ub = torch.cat([p[1] for p in parts])
+    sc = [torch.cat([p[2][k] for p in parts]) for k in range(nl)]
+    par = Params(
+        [[torch.cat([p[3].slopes[k][j] for p in parts]) for j in range(2)] for k in range(nl)],
+        [[torch.cat([p[3].betas[k][j] for p in parts]) for j in range(2)] for k in range(nl)],
+    )
+    return bnds, ub, sc, par

@@ -1,0 +1,240 @@
+"""Linear bounds with optimized relaxation slopes and split multipliers (α- and β-CROWN's
+parameters) over batches of subproblems, and the options of the search that uses them.
+
+Every slope gives a valid line once its intercept is computed for it, and every multiplier ``β >=
+0`` gives a valid bound on a subproblem whose split constraints hold (see
+:mod:`qcert.verify.linear`), so the optimizer below only makes bounds tighter, never unsound: each
+iteration's bound is rigorous, and the best one is kept.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from qcert.errors import InputError
+from qcert.quant.network import QNetwork
+from qcert.verify.bab import check_counts
+from qcert.verify.linear import F64, LinearBounds
+
+Bounds = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class LinearBabOptions:
+    """Tuning of the linear-bound branch and bound.
+
+    Attributes:
+        batch: subproblems split per pass (their children are bounded in one batched pass).
+        root_iters: optimization steps of the slopes at the root.
+        iters: optimization steps of slopes and multipliers per pass.
+        lr: Adam's step size (slopes and multipliers are parametrized on a unit scale).
+        max_queue: most open subproblems; beyond it the search hands over to input splitting.
+        attack_steps, attack_restarts: PGD on the query box before branching.
+        refine_units: children re-tighten later layers' ranges by linear bounds when those
+            layers have at most this many units.
+        input_split_dims: a box with at most this many free input dimensions goes to input
+            splitting (:func:`bab_search`) after the root bounds: there a few splits decide
+            what many unit splits would.
+        threads: torch CPU threads during the search (restored after it). The search runs many
+            small products, where a second thread costs more in synchronization than it saves,
+            and ten times more on a machine whose cores are busy (measured in docs/verify.md);
+            0 leaves the setting alone.
+        seed: seed of the attacks.
+    """
+
+    batch: int = 64
+    root_iters: int = 20
+    iters: int = 3
+    lr: float = 0.2
+    max_queue: int = 20_000
+    attack_steps: int = 20
+    attack_restarts: int = 2
+    refine_units: int = 256
+    input_split_dims: int = 6
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_counts(self, ("batch", "max_queue"), 1)
+        names = ("root_iters", "iters", "attack_steps", "attack_restarts", "refine_units")
+        check_counts(self, (*names, "input_split_dims", "threads"), 0)
+        if not 0 < float(self.lr) < float("inf"):
+            raise InputError(f"lr must be a positive number, got {self.lr!r}")
+
+
+class Params:
+    """Slopes (as fractions of a per-unit scale, in [0, 1]) and split multipliers (>= 0) of a
+    batch of subproblems: one (upper, lower) pair of B×R×n tensors per unit layer each."""
+
+    def __init__(self, slopes: list[list[torch.Tensor]], betas: list[list[torch.Tensor]]) -> None:
+        self.slopes, self.betas = slopes, betas
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for pair in self.slopes + self.betas for t in pair]
+
+    def rows(self, rows: torch.Tensor) -> Params:
+        """The parameters of some spec rows only (copies)."""
+        return Params(
+            [[t[:, rows] for t in p] for p in self.slopes],
+            [[t[:, rows] for t in p] for p in self.betas],
+        )
+
+    def set_rows(self, rows: torch.Tensor, sub: Params) -> None:
+        for mine, theirs in zip(self.slopes + self.betas, sub.slopes + sub.betas):
+            for t, v in zip(mine, theirs):
+                t[:, rows] = v
+
+    def select(self, idx: torch.Tensor) -> Params:
+        return Params(
+            [[t[idx].detach() for t in p] for p in self.slopes],
+            [[t[idx].detach() for t in p] for p in self.betas],
+        )
+
+
+class LinearBab:
+    """The search for one network (reusable across queries; build once)."""
+
+    def __init__(self, net: QNetwork, options: LinearBabOptions | None = None) -> None:
+        self.net = net
+        self.opt = options or LinearBabOptions()
+        self.lb = LinearBounds(net)
+        self.scale = [u.scale for u in self.lb.units]
+        #: the network's output is a requantization layer (its units are the logits)
+        self.output_units = bool(self.lb.units) and not self.lb.segments[-1]
+
+    # ------------------------------------------------------------------ bounding
+    def _scales(self, bounds: Bounds) -> list[torch.Tensor]:
+        """Per unit layer (B×1×n): the slope scale ``max(chord, 2^-s)``."""
+        out = []
+        for k, (l, u) in enumerate(bounds):
+            unit = self.lb.units[k]
+            yl, yu = unit.layer.integer(l).to(F64), unit.layer.integer(u).to(F64)
+            w = (u - l).to(F64)
+            chord = torch.where(w > 0, (yu - yl) / w.clamp(min=1.0), torch.zeros_like(yl))
+            out.append(torch.maximum(chord, torch.full_like(chord, unit.scale)).unsqueeze(1))
+        return out
+
+    def init_params(self, bounds: Bounds, rows: int) -> Params:
+        slopes, betas = [], []
+        for k, (l, u) in enumerate(bounds):
+            unit = self.lb.units[k]
+            yl, yu = unit.layer.integer(l).to(F64), unit.layer.integer(u).to(F64)
+            w = (u - l).to(F64)
+            chord = torch.where(w > 0, (yu - yl) / w.clamp(min=1.0), torch.zeros_like(yl))
+            frac = chord / torch.maximum(chord, torch.full_like(chord, unit.scale))
+            f = frac.unsqueeze(1).expand(-1, rows, -1).clone()
+            slopes.append([f, f.clone()])
+            z = torch.zeros_like(f)
+            betas.append([z, z.clone()])
+        return Params(slopes, betas)
+
+    def bound(
+        self,
+        C: torch.Tensor,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        bounds: Bounds,
+        params: Params | None,
+        iters: int,
+        split_mask: list[torch.Tensor] | None = None,
+        thresholds: torch.Tensor | None = None,
+        deadline: float | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, Params | None]:
+        """Rigorous upper bounds (int64 B×R, floors of bound + error) of the rows ``C`` over
+        each subproblem, after ``iters`` optimization steps of ``params`` (in place, detached
+        copies returned). Also returns λ on every unit layer (for scores) and on the input."""
+        target = len(self.lb.units)
+        scales = self._scales(bounds)
+        if params is None or iters == 0:
+            with torch.no_grad():
+                slopes = None
+                betas = None
+                if params is not None:
+                    slopes = [(p[0] * s, p[1] * s) for p, s in zip(params.slopes, scales)]
+                    betas = self._betas(params, split_mask)
+                val, err, lams = self.lb.backward(
+                    target, C, lo, hi, bounds, slopes, betas, want_lambdas=True
+                )
+            return floor_int(val + err), lams[:-1], lams[-1], params
+        leaves = [t.detach().clone().requires_grad_(True) for t in params.tensors()]
+        n = len(params.slopes)
+        cur = Params(
+            [leaves[2 * i : 2 * i + 2] for i in range(n)],
+            [leaves[2 * n + 2 * i : 2 * n + 2 * i + 2] for i in range(n)],
+        )
+        opt = Adam(leaves, self.opt.lr)
+        best = None
+        best_val = None
+        for it in range(iters + 1):
+            slopes = [(p[0] * s, p[1] * s) for p, s in zip(cur.slopes, scales)]
+            betas = self._betas(cur, split_mask)
+            last = it == iters or (deadline is not None and time.monotonic() > deadline)
+            val, err, lams = self.lb.backward(
+                target, C, lo, hi, bounds, slopes, betas, want_lambdas=last
+            )
+            ub = val + err
+            if best_val is None:
+                best_val = ub.detach()
+            else:
+                best_val = torch.minimum(best_val, ub.detach())
+            if last:
+                best = lams
+                break
+            loss = (ub if thresholds is None else (ub - thresholds).clamp(min=-1.0)).sum()
+            opt.step(torch.autograd.grad(loss, leaves, allow_unused=True))
+            with torch.no_grad():
+                for pair in cur.slopes:
+                    for t in pair:
+                        t.clamp_(0.0, 1.0)
+                for pair in cur.betas:
+                    for t in pair:
+                        t.clamp_(min=0.0)
+        assert best is not None and best_val is not None
+        lams = [t.detach() for t in best]
+        out = Params(
+            [[t.detach() for t in p] for p in cur.slopes],
+            [[t.detach() for t in p] for p in cur.betas],
+        )
+        return floor_int(best_val), lams[:-1], lams[-1], out
+
+    def _betas(
+        self, params: Params, split_mask: list[torch.Tensor] | None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        if split_mask is None:
+            return None
+        out = []
+        for (bu, bl), m, s in zip(params.betas, split_mask, self.scale):
+            mm = m.unsqueeze(1).to(F64) * s
+            out.append((bu * mm, bl * mm))
+        return out
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) on a few leaf tensors, updated in place. Written here because
+    ``torch.optim`` imports the compiler stack on first use (seconds per process), which a
+    verifier answering in milliseconds cannot pay; the parameters' soundness does not depend on
+    the optimizer (any slope and any ``β >= 0`` gives a valid bound)."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float) -> None:
+        self.params, self.lr, self.t = params, lr, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self, grads: tuple[torch.Tensor | None, ...]) -> None:
+        self.t += 1
+        c1, c2 = 1 - 0.9**self.t, 1 - 0.999**self.t
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            if g is None:
+                continue
+            m.mul_(0.9).add_(g, alpha=0.1)
+            v.mul_(0.999).addcmul_(g, g, value=0.001)
+            p.sub_(self.lr * (m / c1) / ((v / c2).sqrt() + 1e-8))
+
+
+def floor_int(v: torch.Tensor) -> torch.Tensor:
+    lim = float(2**62)
+    return torch.floor(v.detach()).clamp(-lim, lim).to(torch.int64)
