@@ -32,6 +32,19 @@ NP_OF: dict[int, Any] = {
 }
 
 
+def conv_attributes(layer: Any) -> dict[str, Any]:
+    """The ONNX attributes of a QConv2d's convolution (Conv, ConvInteger): kernel, strides,
+    symmetric zero padding, no dilation, one group."""
+    (ph, pw), (kh, kw) = layer.padding, layer.kernel_size
+    return {
+        "kernel_shape": [kh, kw],
+        "strides": list(layer.stride),
+        "pads": [ph, pw, ph, pw],
+        "dilations": [1, 1],
+        "group": 1,
+    }
+
+
 def int_dtype_for(lo: int, hi: int) -> int:
     """The narrowest ONNX integer element type (int8, int16, int32, int64) holding ``[lo, hi]``."""
     for t, bits in ((TensorProto.INT8, 8), (TensorProto.INT16, 16), (TensorProto.INT32, 32)):

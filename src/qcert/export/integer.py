@@ -38,7 +38,7 @@ import torch
 from onnx import TensorProto
 
 from qcert.errors import FormatError
-from qcert.export.builder import NP_OF, GraphBuilder, int_dtype_for
+from qcert.export.builder import NP_OF, GraphBuilder, conv_attributes, int_dtype_for
 from qcert.quant import QAvgPool2d, QConv2d, QFlatten, QLayer, QLinear, QNetwork, QRequant, Rounding
 
 #: largest fan-in of the 8-bit path: 2 * 255 * 255 * fan_in < 2**31, so every partial sum of
@@ -212,11 +212,7 @@ def emit_conv(
             "ConvInteger",
             [x.name, wq, za, zb],
             f"{tag}_acc32",
-            kernel_shape=[kh, kw],
-            strides=list(layer.stride),
-            pads=[ph, pw, ph, pw],
-            dilations=[1, 1],
-            group=1,
+            **conv_attributes(layer),
         )
         acc = b.node("Cast", [acc32], f"{tag}_acc64", to=TensorProto.INT64)
     else:

@@ -23,7 +23,7 @@ import torch
 from onnx import TensorProto
 
 from qcert.errors import FormatError
-from qcert.export.builder import NP_OF, GraphBuilder
+from qcert.export.builder import NP_OF, GraphBuilder, conv_attributes
 from qcert.export.integer import INPUT_NAME, OUTPUT_NAME, Val, input_elem_type, layer_input_bounds
 from qcert.quant import QAvgPool2d, QConv2d, QFlatten, QLinear, QNetwork, QRequant, Rounding
 
@@ -202,17 +202,7 @@ def build_qdq(net: QNetwork, strict: bool = True) -> tuple[GraphBuilder, Val]:
                 # onnxruntime fuses DQ→Gemm/Conv into QGemm/QLinearConv assuming exactly that
                 ins.append(_dq_const(b, bias, TensorProto.INT32, layer.acc_frac, f"{tag}_bias"))
             if isinstance(layer, QConv2d):
-                (ph, pw), (kh, kw) = layer.padding, layer.kernel_size
-                name = b.node(
-                    "Conv",
-                    ins,
-                    f"{tag}_acc",
-                    kernel_shape=[kh, kw],
-                    strides=list(layer.stride),
-                    pads=[ph, pw, ph, pw],
-                    dilations=[1, 1],
-                    group=1,
-                )
+                name = b.node("Conv", ins, f"{tag}_acc", **conv_attributes(layer))
             else:
                 name = b.node("Gemm", ins, f"{tag}_acc", transB=1)
         elif isinstance(layer, QRequant):
