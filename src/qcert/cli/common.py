@@ -92,3 +92,12 @@ def load_dataset_for(net: Any, name: str, split: str, root: str | None, n: int |
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+def add_command(
+    sub: argparse._SubParsersAction, name: str, summary: str, doc: str | None, raw: bool = False
+) -> argparse.ArgumentParser:
+    """A ``qcert NAME`` subcommand: ``summary`` in the command list, the module's ``doc`` on
+    ``--help`` (kept as written with ``raw``)."""
+    extra: dict = {"formatter_class": argparse.RawDescriptionHelpFormatter} if raw else {}
+    return sub.add_parser(name, help=summary, description=doc, **extra)
