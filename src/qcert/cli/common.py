@@ -101,3 +101,9 @@ def add_command(
     ``--help`` (kept as written with ``raw``)."""
     extra: dict = {"formatter_class": argparse.RawDescriptionHelpFormatter} if raw else {}
     return sub.add_parser(name, help=summary, description=doc, **extra)
+
+
+def add_onnx_checks(parser: argparse.ArgumentParser, inexact: str, check: str) -> None:
+    """The two options of the ONNX commands: ``--allow-inexact`` and ``--check N``."""
+    parser.add_argument("--allow-inexact", action="store_true", help=inexact)
+    parser.add_argument("--check", type=nonneg_int, default=256, help=check)
