@@ -13,6 +13,7 @@ import time
 
 from qcert.attack import robust_accuracy
 from qcert.cli.common import (
+    add_command,
     add_dataset_args,
     check_outputs,
     load_dataset_for,
@@ -38,10 +39,8 @@ def _eps(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "attack",
-        help="PGD robust accuracy (every counterexample re-checked exactly)",
-        description=__doc__,
+    p = add_command(
+        sub, "attack", "PGD robust accuracy (every counterexample re-checked exactly)", __doc__
     )
     p.add_argument("model", help="path to a .qnn file")
     add_dataset_args(p)

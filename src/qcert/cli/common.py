@@ -92,3 +92,18 @@ def load_dataset_for(net: Any, name: str, split: str, root: str | None, n: int |
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+def add_command(
+    sub: argparse._SubParsersAction, name: str, summary: str, doc: str | None, raw: bool = False
+) -> argparse.ArgumentParser:
+    """A ``qcert NAME`` subcommand: ``summary`` in the command list, the module's ``doc`` on
+    ``--help`` (kept as written with ``raw``)."""
+    extra: dict = {"formatter_class": argparse.RawDescriptionHelpFormatter} if raw else {}
+    return sub.add_parser(name, help=summary, description=doc, **extra)
+
+
+def add_onnx_checks(parser: argparse.ArgumentParser, inexact: str, check: str) -> None:
+    """The two options of the ONNX commands: ``--allow-inexact`` and ``--check N``."""
+    parser.add_argument("--allow-inexact", action="store_true", help=inexact)
+    parser.add_argument("--check", type=nonneg_int, default=256, help=check)

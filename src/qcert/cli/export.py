@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from qcert.cli.common import load_dataset_for, nonneg_int, positive_int, print_json
+from qcert.cli.common import add_onnx_checks, load_dataset_for, positive_int, print_json
 from qcert.export import FLAVOURS, compare_onnx, qdq_problems, random_inputs, to_onnx
 from qcert.export.runtime import OPTIMIZATION_LEVELS
 from qcert.quant import load_model
@@ -30,16 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="integer flavour: int64 MatMul everywhere, no MatMulInteger/ConvInteger",
     )
-    p.add_argument(
-        "--allow-inexact",
-        action="store_true",
-        help="qdq flavour: write the graph even where it is not bit-exact (with a warning)",
-    )
-    p.add_argument(
-        "--check",
-        type=nonneg_int,
-        default=256,
-        help="random inputs to compare in onnxruntime after writing (0: none)",
+    add_onnx_checks(
+        p,
+        "qdq flavour: write the graph even where it is not bit-exact (with a warning)",
+        "random inputs to compare in onnxruntime after writing (0: none)",
     )
     p.add_argument("--dataset", default=None, help="also compare on this dataset's images")
     p.add_argument("--data-root", default=None)

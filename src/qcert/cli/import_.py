@@ -11,7 +11,7 @@ import argparse
 import sys
 import warnings
 
-from qcert.cli.common import nonneg_int, print_json
+from qcert.cli.common import add_onnx_checks, print_json
 from qcert.export import compare_onnx, from_onnx, random_inputs
 from qcert.export.runtime import OPTIMIZATION_LEVELS
 from qcert.quant import save_model
@@ -21,16 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="import an ONNX model into a .qnn file", description=__doc__)
     p.add_argument("onnx", help="path to a .onnx file")
     p.add_argument("--out", required=True, help="output .qnn path")
-    p.add_argument(
-        "--allow-inexact",
-        action="store_true",
-        help="accept a QDQ graph whose float32 arithmetic is not provably exact (warns)",
-    )
-    p.add_argument(
-        "--check",
-        type=nonneg_int,
-        default=256,
-        help="random inputs to compare with onnxruntime after reading (0: none)",
+    add_onnx_checks(
+        p,
+        "accept a QDQ graph whose float32 arithmetic is not provably exact (warns)",
+        "random inputs to compare with onnxruntime after reading (0: none)",
     )
     p.add_argument("--optimization", choices=OPTIMIZATION_LEVELS, default="all")
     p.add_argument("--json", action="store_true", help="print a JSON summary")

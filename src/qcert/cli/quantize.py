@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from qcert.cli.common import finite_float, nonneg_int, positive_int, print_json
+from qcert.cli.common import add_command, finite_float, nonneg_int, positive_int, print_json
 
 
 def eps_list(text: str) -> list[int]:
@@ -27,10 +27,8 @@ def eps_list(text: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "quantize",
-        help="per-layer quantization of a float model under a bit budget",
-        description=__doc__,
+    p = add_command(
+        sub, "quantize", "per-layer quantization of a float model under a bit budget", __doc__
     )
     p.add_argument("float_model", help="float model file (float.safetensors)")
     p.add_argument("--strategy", required=True, choices=["lipschitz", "uniform", "mse"])

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from qcert.cli.common import add_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "report",
-        help="plots and an HTML page from verify JSONL, smoothing TSV and metrics.json files",
-        description=__doc__,
+        "plots and an HTML page from verify JSONL, smoothing TSV and metrics.json files",
+        __doc__,
     )
     p.add_argument("results", nargs="+", help="result files")
     p.add_argument("--out", required=True, help="output folder")

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import argparse
 
-from qcert.cli.common import console, finite_float, nonneg_int, positive_int, print_json
+from qcert.cli.common import (
+    add_command,
+    console,
+    finite_float,
+    nonneg_int,
+    positive_int,
+    print_json,
+)
 
 
 def _bits(text: str) -> int | list[int]:
@@ -28,11 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     from qcert.train.config import METHODS, TrainConfig
 
     d = TrainConfig(dataset="", out="")
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "train",
-        help="train a quantized network (QA-IBP certified training or a baseline)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "train a quantized network (QA-IBP certified training or a baseline)",
+        __doc__,
+        raw=True,
     )
     p.add_argument(
         "--dataset", required=True, help="mnist, digits, mnist-idx, fashion-mnist, cifar10"

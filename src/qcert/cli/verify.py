@@ -33,11 +33,12 @@ def _split_rule(text: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = common.add_command(
+        sub,
         "verify",
-        help="complete verification (branch and bound or MILP), datasets or VNN-LIB",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "complete verification (branch and bound or MILP), datasets or VNN-LIB",
+        __doc__,
+        raw=True,
     )
     p.add_argument("model", help="path to a .qnn file")
     p.add_argument(
