@@ -138,6 +138,7 @@ def build_report(results: Sequence[str | Path], out: str | Path) -> Path:
         rows = [
             [
                 r.model,
+                " ".join(str(r.data[k]) for k in ("method", "arch", "dataset") if k in r.data),
                 f"{float(r.data.get('clean_acc', 0)):.4f}",
                 *[f"{r.certified.get(e, float('nan')):.4f}" for e in eps_keys],
                 str(r.data.get("pgd_acc", "")),
@@ -145,7 +146,9 @@ def build_report(results: Sequence[str | Path], out: str | Path) -> Path:
             ]
             for r in training
         ]
-        headers = ["model", "clean", *[f"QA-IBP ε={e:g}" for e in eps_keys], "PGD", "seconds"]
+        headers = [
+            "model", "training", "clean", *[f"QA-IBP ε={e:g}" for e in eps_keys], "PGD", "seconds"
+        ]  # fmt: skip
         parts += ["<h2>Training</h2>", _table(headers, rows)]
     if verify:
         rows = [
