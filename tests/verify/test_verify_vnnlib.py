@@ -171,6 +171,10 @@ HOSTILE = {
     "many digits": (header() + "(assert (>= Y_0 " + "7" * 100_000 + "))", "1000 digits"),
     "long exponent": (header() + "(assert (>= Y_0 1e" + "9" * 100_000 + "))", "10\\*\\*±1000"),
     "zeros before a digit": (header() + "(assert (>= Y_0 0." + "0" * 5000 + "1))", "10\\*\\*±1000"),
+    "long variable index": (
+        header() + "(declare-const X_" + "1" * 5000 + " Real) (assert (>= Y_0 Y_1))",
+        "named X_i",
+    ),
     "tiny coefficient": (header() + "(assert (>= (* 1e-31 Y_1) Y_0))", "limit is 2\\*\\*40"),
     "growing constant": (
         header() + "(assert (>= Y_0 " + "(* 1e999 " * 30 + "1" + ")" * 30 + "))",

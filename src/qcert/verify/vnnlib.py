@@ -55,7 +55,7 @@ MAX_CONSTANT_BITS = 20_000
 #: the largest threshold of an integer output constraint (after clamping to the logits' reach)
 MAX_THRESHOLD = MAX_COEF * 1024
 _NUM = re.compile(r"^([+-]?)(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?$")
-_VAR = re.compile(r"^([XY])_(\d+)$")
+_VAR = re.compile(r"^([XY])_(\d{1,18})$")  # an index of more digits is no input/output
 
 
 def _tokens(text: str) -> list[str]:
