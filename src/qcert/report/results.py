@@ -141,8 +141,8 @@ def read_smoothing(path: Path) -> SmoothingRun:
     if sidecar.exists():
         try:
             meta = json.loads(sidecar.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{sidecar}: not a JSON summary ({e})") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise InputError(f"{sidecar}: not a JSON summary ({str(e)[:100]})") from None
         if not isinstance(meta, dict):
             raise InputError(f"{sidecar}: not a JSON summary")
         sigma = meta.get("sigma", sigma)
@@ -155,8 +155,8 @@ def read_smoothing(path: Path) -> SmoothingRun:
 def read_training(path: Path) -> TrainingRun:
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InputError(f"{path}: not valid JSON ({str(e)[:100]})") from None
     if not isinstance(data, dict) or "clean_acc" not in data:
         raise InputError(f"{path}: not a training metrics file (no 'clean_acc')")
     return TrainingRun(path, _model_name(path), data)

@@ -167,7 +167,7 @@ class ResultStore:
         if side.exists():
             try:
                 meta = json.loads(side.read_text())
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, ValueError, RecursionError):
                 meta = None
             if not isinstance(meta, dict):
                 raise InputError(f"{side} is not the JSON summary of {self.path}; move it away")
