@@ -12,7 +12,7 @@ import math
 import os
 import zlib
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
     path = Path(path)
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-            return _parse(path, f, magic)
+            return _parse(path, cast(IO[bytes], f), magic)
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise DataError(f"cannot read {path} ({type(exc).__name__}: {exc})") from None
 

@@ -310,19 +310,21 @@ def parse_vnnlib(text: str, net: QNetwork) -> VnnlibProperty:
     hi_t = torch.tensor(box_hi, dtype=torch.int64).view(shape)
     zlo, zhi = net.int_bounds(lo_t.unsqueeze(0), hi_t.unsqueeze(0))[-1]
     reach = list(zip(zlo[0].tolist(), zhi[0].tolist()))
-    rows, rhs, group = [], [], []
+    rows: list[list[int]] = []
+    thresholds: list[int] = []
+    group: list[int] = []
     for d, conj in enumerate(out_dnf):
         for coefs, op, t in conj or [({}, ">=", Fraction(0))]:  # (and) with nothing: always true
             vec = [Fraction(0)] * k
             for v, coef in coefs.items():
                 vec[int(v[2:])] = coef
-            a, b = _integer_row(vec, op, t, reach)
-            rows.append(a)
-            rhs.append(b)
+            row, threshold = _integer_row(vec, op, t, reach)
+            rows.append(row)
+            thresholds.append(threshold)
             group.append(d)
     spec = OutputSpec(
         torch.tensor(rows, dtype=torch.int64).view(len(rows), k),
-        torch.tensor(rhs, dtype=torch.int64),
+        torch.tensor(thresholds, dtype=torch.int64),
         torch.tensor(group, dtype=torch.int64),
         len(out_dnf),
     )
