@@ -13,10 +13,11 @@ import torch
 from qnets import box_points, enumerable_net, sample_queries, truth_verdict
 
 from qcert.bounds import eps_box
+from qcert.errors import InputError
 from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant, Rounding, argmax_first
 from qcert.quant.format import requantize
 from qcert.verify import OutputSpec, SpecBounds
-from qcert.verify.lbab import LinearBabOptions, linear_bab_search
+from qcert.verify.lbab import LinearBab, LinearBabOptions, linear_bab_search
 from qcert.verify.linear import LinearBounds, _rounding_slack
 
 F64 = torch.float64
@@ -186,6 +187,9 @@ def test_large_accumulators_stay_sound() -> None:
 
 
 NO_ATTACK = LinearBabOptions(attack_steps=0, root_iters=2, iters=2, batch=4, input_split_dims=0)
+NO_ATTACK_F64 = LinearBabOptions(
+    attack_steps=0, root_iters=2, iters=2, batch=4, input_split_dims=0, opt_dtype="float64"
+)
 
 
 def _search_matches_enumeration(seed: int) -> None:
@@ -195,7 +199,8 @@ def _search_matches_enumeration(seed: int) -> None:
             continue
         lo, hi = eps_box(net, x[None], eps)
         spec = OutputSpec.robustness(label, net.num_classes)
-        for options in (NO_ATTACK, LinearBabOptions(input_split_dims=0), LinearBabOptions()):
+        all_options = (NO_ATTACK, NO_ATTACK_F64, LinearBabOptions(input_split_dims=0))
+        for options in (*all_options, LinearBabOptions()):
             res = linear_bab_search(net, lo, hi, spec, timeout=60, options=options)
             assert res.status == ("safe" if truth == "robust" else "unsafe"), (seed, q, res)
             if res.status == "unsafe":
@@ -245,3 +250,86 @@ def test_the_method_is_registered_and_follows_weight_changes() -> None:
     res = verify_query(net, lo, hi, spec, method="linear-bab")
     assert res.decided_by == "linear-bab"
     assert res.proven == (truth == "robust")
+
+
+def test_opt_dtype_is_validated() -> None:
+    assert LinearBabOptions().opt_dtype == "float32"
+    with pytest.raises(InputError, match="opt_dtype"):
+        LinearBabOptions(opt_dtype="float16")
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_float32_steps_return_rigorous_float64_bounds(seed: int) -> None:
+    """Optimization steps in float32 only choose the parameters: the bound returned (and its
+    λ's) is exactly a rigorous float64 pass at the returned parameters, and holds at every
+    point, on the whole box and on a split subproblem (with β); the float32 pass itself carries
+    no error term and is close to the float64 one."""
+    net = enumerable_net(seed)
+    search = LinearBab(net, LinearBabOptions(opt_dtype="float32", lr=0.5))
+    lb = search.lb
+    lo, hi = _box(net, seed + 3)
+    flo, fhi = lo.reshape(1, -1), hi.reshape(1, -1)
+    pts = box_points(lo[0], hi[0]).reshape(-1, *net.input_shape)
+    bounds = lb.refine(flo, fhi)
+    accs = _accumulators(net, lb, pts)
+    spec = OutputSpec.robustness(seed % net.num_classes, net.num_classes)
+    C = spec.A.to(F64).unsqueeze(0)
+    rows = spec.A.shape[0]
+    # a split subproblem: the upper half of the widest unit of a random layer
+    rng = random.Random(seed)
+    k = rng.randrange(len(bounds))
+    l, u = bounds[k]
+    i = int((u - l)[0].argmax())
+    sub, keep = list(bounds), torch.ones(pts.shape[0], dtype=torch.bool)
+    if int(u[0, i]) > int(l[0, i]):
+        t = (int(l[0, i]) + int(u[0, i])) // 2
+        nu = u.clone()
+        nu[0, i] = t
+        sub[k] = (l, nu)
+        keep = accs[k][:, i] <= t
+    mask = [(a != ra) | (b != rb) for (a, b), (ra, rb) in zip(sub, bounds)]
+    for bnds, split_mask, pts_in in ((bounds, None, pts), (sub, mask, pts[keep])):
+        params = search.init_params(bnds, rows)
+        if split_mask is not None:
+            for pair in params.betas:
+                for t_ in pair:
+                    t_.fill_(0.5)
+        with torch.enable_grad():
+            ub, lams, lam_in, out = search.bound(
+                C, flo, fhi, bnds, params, 4, split_mask, spec.b.to(F64).unsqueeze(0)
+            )
+        assert out is not None
+        assert all(t.dtype == F64 for t in out.tensors())
+        scales = search._scales(bnds)
+        slopes = [(p[0] * s, p[1] * s) for p, s in zip(out.slopes, scales)]
+        betas = search._betas(out, split_mask)
+        val, err, ref_lams = lb.backward(
+            len(lb.units), C, flo, fhi, bnds, slopes, betas, want_lambdas=True
+        )
+        assert torch.equal(ub, torch.floor(val + err).to(torch.int64)), seed
+        for got, ref in zip([*lams, lam_in], ref_lams):
+            assert got.dtype == F64 and torch.equal(got, ref)
+        if pts_in.shape[0]:
+            true_max = (net.integer_forward(pts_in) @ spec.A.t()).max(0).values
+            assert bool((true_max <= ub[0]).all()), seed
+        # the float32 pass: an estimate without error term, near the float64 value
+        s32 = [(a.float(), b.float()) for a, b in slopes]
+        b32 = None if betas is None else [(a.float(), b.float()) for a, b in betas]
+        v32, e32, _ = lb.backward(len(lb.units), C, flo, fhi, bnds, s32, b32, dtype=torch.float32)
+        assert v32.dtype == torch.float32 and not bool(e32.any())
+        assert bool(((v32.double() - val).abs() <= 1e-3 * (1 + val.abs())).all())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_float32_optimized_intermediate_bounds_hold(seed: int) -> None:
+    """α-CROWN's intermediate bounds with float32 steps stay sound and within the chords'."""
+    net = enumerable_net(seed)
+    search = LinearBab(net, LinearBabOptions(opt_dtype="float32"))
+    lo, hi = _box(net, seed + 11)
+    flo, fhi = lo.reshape(1, -1), hi.reshape(1, -1)
+    pts = box_points(lo[0], hi[0]).reshape(-1, *net.input_shape)
+    root = search.lb.refine(flo, fhi)
+    opt = search.optimize_intermediate(flo, fhi, root, 6, 512)
+    for (l, u), (rl, ru), acc in zip(opt, root, _accumulators(net, search.lb, pts)):
+        assert bool((l >= rl).all()) and bool((u <= ru).all())
+        assert bool((acc >= l).all()) and bool((acc <= u).all()), seed

@@ -18,7 +18,9 @@ specification's rows are propagated backward from the output, each split constra
 ``l_i <= z_i <= u_i`` of a subproblem enters with a Lagrange multiplier ``beta >= 0`` (β-CROWN), and
 the input box closes the bound.
 
-Soundness does not rest on floating-point luck. All of it runs in float64, and the bound carries an
+Soundness does not rest on floating-point luck. Every bound that is used runs in float64 (the
+optimizer's intermediate steps may run in float32, without error term, but their values only steer
+the parameters: see :meth:`LinearBounds.backward`), and the bound carries an
 error term from the magnitudes of what was summed (Higham, *Accuracy and Stability of Numerical
 Algorithms*, §3.1): a float dot product of ``n`` terms errs by at most ``γ_n Σ|a_i b_i|``,
 ``γ_n = n u / (1 - n u)``. The backward pass never needs its coefficients to be exact: whatever
@@ -44,6 +46,7 @@ from qcert.quant.network import QNetwork
 
 U = 2.0**-53  # unit roundoff of float64
 F64 = torch.float64
+F32 = torch.float32
 
 
 def gamma(n: int) -> float:
@@ -66,13 +69,21 @@ class _LinOp:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     kernel: tuple[int, int] = (1, 1)
+    weight32: torch.Tensor | None = None  # float32 copies for the optimizer's (non-rigorous)
+    bias32: torch.Tensor | None = None  # passes, see LinearBounds.backward
+
+    def __post_init__(self) -> None:
+        self.weight32 = None if self.weight is None else self.weight.to(F32)
+        self.bias32 = None if self.bias is None else self.bias.to(F32)
 
     def back(self, lam: torch.Tensor) -> torch.Tensor:
-        """``lam · M`` for ``lam`` of shape N×out (float64): N×in."""
+        """``lam · M`` for ``lam`` of shape N×out (float64, or float32 for a non-rigorous pass):
+        N×in."""
         n = lam.shape[0]
+        weight = self.weight if lam.dtype == F64 else self.weight32
         if self.kind == "linear":
-            assert self.weight is not None
-            return lam @ self.weight
+            assert weight is not None
+            return lam @ weight
         c, h, w = self.in_shape
         oc, oh, ow = self.out_shape
         kh, kw = self.kernel
@@ -83,8 +94,8 @@ class _LinOp:
         x = lam.reshape(n, oc, oh, ow)
         with torch.backends.nnpack.flags(enabled=False):
             if self.kind == "conv":
-                assert self.weight is not None
-                r = F.conv_transpose2d(x, self.weight, None, self.stride, self.padding, op)
+                assert weight is not None
+                r = F.conv_transpose2d(x, weight, None, self.stride, self.padding, op)
             else:
                 ones = torch.ones(c, 1, kh, kw, dtype=lam.dtype)
                 r = F.conv_transpose2d(x, ones, None, self.stride, 0, op, groups=c)
@@ -220,14 +231,17 @@ class LinearBounds:
         u: torch.Tensor,
         slope_up: torch.Tensor | None = None,
         slope_lo: torch.Tensor | None = None,
+        dtype: torch.dtype = F64,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sound lines ``aL z + bL <= y <= aU z + bU`` of unit layer ``k`` over the integer
         accumulator ranges ``[l, u]`` (int64 B×n). Slopes (float64, broadcastable to B×…×n)
-        default to the chord of the exact staircase. Returns ``aU, bU, aL, bL``."""
+        default to the chord of the exact staircase. Returns ``aU, bU, aL, bL``. With ``dtype``
+        float32 (and float32 slopes) the same lines are computed in float32: approximations for
+        the optimizer, not sound bounds."""
         unit = self.units[k]
-        yl = unit.layer.integer(l).to(F64)
-        yu = unit.layer.integer(u).to(F64)
-        lf, uf = l.to(F64), u.to(F64)
+        yl = unit.layer.integer(l).to(dtype)
+        yu = unit.layer.integer(u).to(dtype)
+        lf, uf = l.to(dtype), u.to(dtype)
         width = uf - lf
         chord = torch.where(width > 0, (yu - yl) / width.clamp(min=1.0), torch.zeros_like(yl))
         if slope_up is None:
@@ -244,7 +258,7 @@ class LinearBounds:
         s, qmin, qmax = unit.scale, unit.qmin, unit.qmax
         zmag = torch.maximum(lf.abs(), uf.abs()) + 1.0
         qmag = max(abs(qmin), abs(qmax)) + 1.0
-        neg_inf = torch.tensor(-math.inf, dtype=F64)
+        neg_inf = torch.tensor(-math.inf, dtype=dtype)
 
         def upper_env(z: torch.Tensor) -> torch.Tensor:
             return (z * s + unit.d_hi).clamp(qmin, qmax)
@@ -265,7 +279,7 @@ class LinearBounds:
             # exact: f(z) - a z over the integers of [l, u] peaks at these points
             # the extreme point is picked without gradient; the intercept ``f(z*) - a z*`` is
             # then differentiable in ``a`` (Danskin) without carrying every candidate
-            zs, ys = (torch.stack(t).reshape(len(t), *view).to(F64) for t in points)
+            zs, ys = (torch.stack(t).reshape(len(t), *view).to(dtype) for t in points)
             b_up = _extreme(zs, ys, a, top=True)
             b_lo = _extreme(zs, ys, a2, top=False)
         else:
@@ -334,6 +348,7 @@ class LinearBounds:
         slopes: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         betas: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         want_lambdas: bool = False,
+        dtype: torch.dtype = F64,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Sound upper bounds of ``C · v`` where ``v`` is the *accumulator* of unit layer
         ``target`` (or the network output when ``target == len(units)``).
@@ -343,10 +358,18 @@ class LinearBounds:
         B×R×n (None: chords); ``betas``: per unit layer (β for ``z <= u``, β for ``z >= l``), each
         B×R×n and >= 0. Returns the float bound (B×R), its error bound (B×R, >= 0) and, if asked,
         the coefficient λ on every unit layer's output (B×R×n) and, last, on the input (B×R×n_in),
-        for branching scores and the bound's maximizing corner."""
+        for branching scores and the bound's maximizing corner.
+
+        ``dtype`` float32 runs the same pass in float32 (weights, slopes, multipliers, λ) and
+        skips the error term (returned as zeros): a *non-rigorous* estimate, for the optimizer's
+        gradient steps only, never for a decision (see :meth:`LinearBab.bound
+        <qcert.verify.optimize.LinearBab.bound>`)."""
+        if dtype not in (F64, F32):
+            raise ValueError(f"backward runs in float64 or float32, not {dtype}")
+        rigorous = dtype == F64
         b, r = C.shape[0], C.shape[1]
-        lam = C.reshape(b * r, -1)
-        const = torch.zeros(b * r, dtype=F64)
+        lam = C.reshape(b * r, -1).to(dtype)
+        const = torch.zeros(b * r, dtype=dtype)
         err = torch.zeros(b * r, dtype=F64)
         abs_const = torch.zeros(b * r, dtype=F64)
         terms = 0
@@ -355,13 +378,15 @@ class LinearBounds:
         k = seg  # the segment that ends at the target's accumulator is `seg`
         while True:
             for op in reversed(self.segments[k]):
-                lam_abs = lam.abs()
-                if op.bias is not None:
-                    inc = lam @ op.bias
-                    const = const + inc
-                    abs_const = abs_const + lam_abs @ op.bias.abs()
-                    terms += op.bias.numel()
-                err = err + gamma(lam.shape[1]) * (lam_abs @ op.mag)
+                bias = op.bias if rigorous else op.bias32
+                if bias is not None:
+                    const = const + lam @ bias
+                if rigorous:
+                    lam_abs = lam.abs()
+                    if op.bias is not None:
+                        abs_const = abs_const + lam_abs @ op.bias.abs()
+                        terms += op.bias.numel()
+                    err = err + gamma(lam.shape[1]) * (lam_abs @ op.mag)
                 lam = op.back(lam)
             if k == 0:
                 break
@@ -371,9 +396,7 @@ class LinearBounds:
             su = sl = None
             if slopes is not None:
                 su, sl = slopes[k]
-            a_up, b_up, a_lo, b_lo = self.relax(
-                k, l, u, None if su is None else su, None if sl is None else sl
-            )
+            a_up, b_up, a_lo, b_lo = self.relax(k, l, u, su, sl, dtype)
             if a_up.dim() == 2:
                 a_up, b_up, a_lo, b_lo = (t.unsqueeze(1) for t in (a_up, b_up, a_lo, b_lo))
             lam3 = lam.reshape(b, r, -1)
@@ -382,33 +405,37 @@ class LinearBounds:
             pos = lam3 >= 0
             a = torch.where(pos, a_up.expand_as(lam3), a_lo.expand_as(lam3))
             icpt = torch.where(pos, b_up.expand_as(lam3), b_lo.expand_as(lam3))
-            inc = (lam3 * icpt).sum(-1).reshape(-1)
-            const = const + inc
-            abs_const = abs_const + (lam3.abs() * icpt.abs()).sum(-1).reshape(-1)
-            terms += unit.size
+            const = const + (lam3 * icpt).sum(-1).reshape(-1)
             mu = lam3 * a
-            zmag = torch.maximum(l.abs(), u.abs()).to(F64).unsqueeze(1)
-            mu_err = mu.abs()
+            if rigorous:
+                abs_const = abs_const + (lam3.abs() * icpt.abs()).sum(-1).reshape(-1)
+                terms += unit.size
+                mu_err = mu.abs()
             if betas is not None:
                 bu, bl = (t.clamp(min=0) for t in betas[k])
-                lf, uf = l.to(F64).unsqueeze(1), u.to(F64).unsqueeze(1)
+                lf, uf = l.to(dtype).unsqueeze(1), u.to(dtype).unsqueeze(1)
                 mu = mu - bu + bl
                 const = const + (bu * uf - bl * lf).sum(-1).reshape(-1)
-                abs_const = abs_const + (bu * uf.abs() + bl * lf.abs()).sum(-1).reshape(-1)
-                terms += unit.size
-                mu_err = mu_err + bu.abs() + bl.abs()
-            err = err + (4 * U * (mu_err * zmag)).sum(-1).reshape(-1)
+                if rigorous:
+                    abs_const = abs_const + (bu * uf.abs() + bl * lf.abs()).sum(-1).reshape(-1)
+                    terms += unit.size
+                    mu_err = mu_err + bu.abs() + bl.abs()
+            if rigorous:
+                zmag = torch.maximum(l.abs(), u.abs()).to(F64).unsqueeze(1)
+                err = err + (4 * U * (mu_err * zmag)).sum(-1).reshape(-1)
             lam = mu.reshape(b * r, -1)
         # the input box: max of lam · x is lam⁺ · hi + lam⁻ · lo
-        lof, hif = lo.to(F64), hi.to(F64)
+        lof, hif = lo.to(dtype), hi.to(dtype)
         lam3 = lam.reshape(b, r, -1)
         if want_lambdas:
             lambdas.append(lam3)
         top = (lam3.clamp(min=0) * hif.unsqueeze(1) + lam3.clamp(max=0) * lof.unsqueeze(1)).sum(-1)
+        total = top + const.reshape(b, r)
+        if not rigorous:
+            return total, torch.zeros_like(total), lambdas
         xmag = torch.maximum(lof.abs(), hif.abs()).unsqueeze(1)
         n_in = lam3.shape[-1]
         err3 = err.reshape(b, r) + gamma(n_in) * (lam3.abs() * xmag).sum(-1)
-        total = top + const.reshape(b, r)
         abs_total = abs_const.reshape(b, r) + (lam3.abs() * xmag).sum(-1)
         err3 = err3 + gamma(terms + n_in + 8) * abs_total + 4 * U * total.abs()
         return total, 2.0 * err3 + 1e-9, lambdas

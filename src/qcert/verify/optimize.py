@@ -3,8 +3,10 @@ parameters) over batches of subproblems, and the options of the search that uses
 
 Every slope gives a valid line once its intercept is computed for it, and every multiplier ``β >=
 0`` gives a valid bound on a subproblem whose split constraints hold (see
-:mod:`qcert.verify.linear`), so the optimizer below only makes bounds tighter, never unsound: each
-iteration's bound is rigorous, and the best one is kept.
+:mod:`qcert.verify.linear`), so the optimizer below only makes bounds tighter, never unsound. Its gradient steps may run in
+float32 (``LinearBabOptions.opt_dtype``), where values are estimates without error term; they only
+choose the parameters. The bound returned, and the λ's returned with it, always come from a
+float64 pass with the rigorous error term at the parameters chosen.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from qcert.errors import InputError
 from qcert.quant.network import QNetwork
 from qcert.verify.bab import check_counts
-from qcert.verify.linear import F64, LinearBounds
+from qcert.verify.linear import F32, F64, LinearBounds
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -46,6 +48,10 @@ class LinearBabOptions:
             and ten times more on a machine whose cores are busy (measured in docs/verify.md);
             0 leaves the setting alone.
         seed: seed of the attacks.
+        opt_dtype: ``"float32"`` or ``"float64"``: the precision of the optimizer's gradient
+            steps (slopes, multipliers, weights and autograd). Only the steps: every bound used
+            (to prune, to prove, to tighten a range) comes from a float64 pass with the rigorous
+            error term at the parameters the steps chose (measured in docs/verify.md).
     """
 
     batch: int = 64
@@ -61,6 +67,7 @@ class LinearBabOptions:
     intermediate_iters: int = 20
     threads: int = 1
     seed: int = 0
+    opt_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         check_counts(self, ("batch", "max_queue"), 1)
@@ -69,6 +76,11 @@ class LinearBabOptions:
         check_counts(self, (*names, *more), 0)
         if not 0 < float(self.lr) < float("inf"):
             raise InputError(f"lr must be a positive number, got {self.lr!r}")
+        if self.opt_dtype not in _DTYPES:
+            raise InputError(f"opt_dtype must be 'float32' or 'float64', got {self.opt_dtype!r}")
+
+
+_DTYPES = {"float32": F32, "float64": F64}
 
 
 class Params:
@@ -208,29 +220,38 @@ class LinearBab:
                     target, C, lo, hi, bounds, slopes, betas, want_lambdas=True
                 )
             return floor_int(val + err), lams[:-1], lams[-1], params
-        leaves = [t.detach().clone().requires_grad_(True) for t in params.tensors()]
+        dt = _DTYPES[self.opt.opt_dtype]
+        rigorous = dt == F64
+        scales_dt = [s.to(dt) for s in scales]
+        # the optimizer's leaves, in its precision
+        leaves = [t.detach().to(dt).clone().requires_grad_(True) for t in params.tensors()]
         n = len(params.slopes)
         cur = Params(
             [leaves[2 * i : 2 * i + 2] for i in range(n)],
             [leaves[2 * n + 2 * i : 2 * n + 2 * i + 2] for i in range(n)],
         )
         opt = Adam(leaves, self.opt.lr)
-        best = None
-        best_val = None
+        # float64 steps: every step's bound is rigorous, the least is kept. float32 steps: their
+        # values are estimates that only steer; the bound comes from the rigorous float64 pass
+        # at the final parameters (as the λ's and the parameters returned, in both modes; a
+        # caller keeps the parent's bound of a child anyway)
+        best_val: torch.Tensor | None = None
+        step_lams: list[torch.Tensor] = []
         for it in range(iters + 1):
-            slopes = [(p[0] * s, p[1] * s) for p, s in zip(cur.slopes, scales)]
-            betas = self._betas(cur, split_mask)
             last = it == iters or (deadline is not None and time.monotonic() > deadline)
-            val, err, lams = self.lb.backward(
-                target, C, lo, hi, bounds, slopes, betas, want_lambdas=last
-            )
-            ub = val + err
-            if best_val is None:
-                best_val = ub.detach()
-            else:
-                best_val = torch.minimum(best_val, ub.detach())
+            if last and not rigorous:
+                break
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not last):
+                slopes = [(p[0] * s, p[1] * s) for p, s in zip(cur.slopes, scales_dt)]
+                betas = self._betas(cur, split_mask, dt)
+                val, err, step_lams = self.lb.backward(
+                    target, C, lo, hi, bounds, slopes, betas, want_lambdas=last, dtype=dt
+                )
+                ub = val + err
+            if rigorous:
+                est = ub.detach()
+                best_val = est if best_val is None else torch.minimum(best_val, est)
             if last:
-                best = lams
                 break
             loss = (ub if thresholds is None else (ub - thresholds).clamp(min=-1.0)).sum()
             opt.step(torch.autograd.grad(loss, leaves, allow_unused=True))
@@ -241,22 +262,25 @@ class LinearBab:
                 for pair in cur.betas:
                     for t in pair:
                         t.clamp_(min=0.0)
-        assert best is not None and best_val is not None
-        lams = [t.detach() for t in best]
         out = Params(
-            [[t.detach() for t in p] for p in cur.slopes],
-            [[t.detach() for t in p] for p in cur.betas],
+            [[t.detach().to(F64) for t in p] for p in cur.slopes],
+            [[t.detach().to(F64) for t in p] for p in cur.betas],
         )
+        if not rigorous:
+            # float32 steps: the bound used is one rigorous float64 pass at the final parameters
+            return self.bound(C, lo, hi, bounds, out, 0, split_mask, target=target)
+        assert best_val is not None
+        lams = [t.detach() for t in step_lams]
         return floor_int(best_val), lams[:-1], lams[-1], out
 
     def _betas(
-        self, params: Params, split_mask: list[torch.Tensor] | None
+        self, params: Params, split_mask: list[torch.Tensor] | None, dtype: torch.dtype = F64
     ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         if split_mask is None:
             return None
         out = []
         for (bu, bl), m, s in zip(params.betas, split_mask, self.scale):
-            mm = m.unsqueeze(1).to(F64) * s
+            mm = m.unsqueeze(1).to(dtype) * s
             out.append((bu * mm, bl * mm))
         return out
 
