@@ -17,6 +17,7 @@ from qcert.errors import InputError
 from qcert.quant import FixedPointFormat, QLinear, QNetwork, QRequant, Rounding, argmax_first
 from qcert.quant.format import requantize
 from qcert.verify import OutputSpec, SpecBounds
+from qcert.verify.branching import refine_children
 from qcert.verify.lbab import LinearBab, LinearBabOptions, linear_bab_search
 from qcert.verify.linear import LinearBounds, _rounding_slack
 
@@ -168,6 +169,49 @@ def test_split_subproblems_bound_their_points(seed: int) -> None:
         val, err, _ = lb.backward(len(lb.units), C, flo, fhi, sub, None, betas)
         true_max = (net.integer_forward(pts[keep]) @ spec.A.t()).max(0).values
         assert bool((true_max.to(F64) <= val[0] + err[0]).all()), (seed, upper_half)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_refined_children_bound_their_points_in_any_chunking(seed: int) -> None:
+    """Children of splits at the first unit layer, re-tightened by linear bounds: every point of a
+    child stays inside its ranges, the ranges are no looser than before, and taking the children
+    a few rows at a time gives the same ranges as all at once."""
+    net = enumerable_net(seed)
+    search = LinearBab(net)
+    lb = search.lb
+    if len(lb.units) < 2:
+        pytest.skip("one unit layer: nothing after the split to re-tighten")
+    lo, hi = _box(net, seed + 3)
+    flo, fhi = lo.reshape(1, -1), hi.reshape(1, -1)
+    pts = box_points(lo[0], hi[0]).reshape(-1, *net.input_shape)
+    accs = _accumulators(net, lb, pts)
+    root = lb.refine(flo, fhi)
+    l0, u0 = root[0]
+    kids = []
+    for i in range(l0.shape[1]):
+        if int(u0[0, i]) > int(l0[0, i]):
+            t = (int(l0[0, i]) + int(u0[0, i])) // 2
+            for lower in (True, False):
+                nl, nu = l0.clone(), u0.clone()
+                if lower:
+                    nu[0, i] = t
+                else:
+                    nl[0, i] = t + 1
+                kids.append((nl, nu, accs[0][:, i] <= t if lower else accs[0][:, i] >= t + 1))
+    if not kids:
+        pytest.skip("no unit of the first layer can be split")
+    children = [(torch.cat([k[0] for k in kids]), torch.cat([k[1] for k in kids]))]
+    children += [(l.expand(len(kids), -1), u.expand(len(kids), -1)) for l, u in root[1:]]
+    layer = torch.zeros(len(kids), dtype=torch.int64)
+    whole = refine_children(search, flo, fhi, children, layer, 10_000)
+    parts = refine_children(search, flo, fhi, children, layer, 10_000, chunk_rows=2)
+    for (a, b), (c, d), (e, f) in zip(whole, parts, children):
+        assert torch.equal(a, c) and torch.equal(b, d)
+        assert bool((a >= e).all()) and bool((b <= f).all())
+    for j, (_, _, keep) in enumerate(kids):
+        for k in range(1, len(lb.units)):
+            z = accs[k][keep]
+            assert bool((z >= whole[k][0][j]).all()) and bool((z <= whole[k][1][j]).all())
 
 
 def test_large_accumulators_stay_sound() -> None:

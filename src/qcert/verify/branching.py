@@ -5,6 +5,8 @@ subproblems. Children of a split partition their parent's integer points: ``z <=
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from qcert.verify.linear import F64
@@ -93,30 +95,46 @@ def refine_children(
     split_layer: torch.Tensor,
     max_units: int,
     last_units: torch.Tensor | None = None,
+    deadline: float | None = None,
+    chunk_rows: int = 4096,
 ) -> Bounds:
     """Re-tighten, by linear bounds, the ranges of layers after the earliest split layer (of the
-    last layer only ``last_units``, when given)."""
+    last layer only ``last_units``, when given). Only units whose value is not fixed in some child
+    are re-tightened (a fixed unit's lines are constants). Children are taken ``chunk_rows``
+    bound rows at a time; past ``deadline`` the rest keep their ranges (tightening is optional:
+    every range stays sound either way)."""
     lb = search.lb
     first = int(split_layer.min()) + 1
     bounds = list(bounds)
     nb = bounds[0][0].shape[0]
     for k in range(first, len(lb.units)):
         n = lb.units[k].size
-        units = torch.arange(n)
+        layer = lb.units[k].layer
+        l, u = bounds[k]
+        open_ = (layer.integer(l) != layer.integer(u)).any(0)
         if k == len(lb.units) - 1 and last_units is not None:
-            units = last_units
+            keep = torch.zeros(n, dtype=torch.bool)
+            keep[last_units] = True
+            open_ = open_ & keep
+        units = open_.nonzero().squeeze(1)
         m = int(units.numel())
         if m > max_units or not m:
             continue
-        eye = torch.eye(n, dtype=F64)[units].unsqueeze(0).expand(nb, m, n)
-        C = torch.cat([eye, -eye], dim=1)
-        val, err, _ = lb.backward(k, C, lo.expand(nb, -1), hi.expand(nb, -1), bounds[:k])
-        ubv = floor_int(val[:, :m] + err[:, :m])
-        lbv = -floor_int(val[:, m:] + err[:, m:])
-        l, u = bounds[k][0].clone(), bounds[k][1].clone()
-        nl = torch.maximum(l[:, units], lbv)
-        nu = torch.minimum(u[:, units], ubv)
-        l[:, units], u[:, units] = torch.minimum(nl, nu), nu
+        l, u = l.clone(), u.clone()
+        step = max(1, chunk_rows // (2 * m))
+        for s in range(0, nb, step):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            e = min(nb, s + step)
+            eye = torch.eye(n, dtype=F64)[units].unsqueeze(0).expand(e - s, m, n)
+            C = torch.cat([eye, -eye], dim=1)
+            part = [(bl[s:e], bu[s:e]) for bl, bu in bounds[:k]]
+            val, err, _ = lb.backward(k, C, lo.expand(e - s, -1), hi.expand(e - s, -1), part)
+            ubv = floor_int(val[:, :m] + err[:, :m])
+            lbv = -floor_int(val[:, m:] + err[:, m:])
+            nl = torch.maximum(l[s:e, units], lbv)
+            nu = torch.minimum(u[s:e, units], ubv)
+            l[s:e, units], u[s:e, units] = torch.minimum(nl, nu), nu
         bounds[k] = (l, u)
     return bounds
 

@@ -249,7 +249,7 @@ class _Run:
                 used = (spec.A[rows] != 0).any(0).nonzero().squeeze(1)
                 cb = refine_children(
                     search, lo, hi, cb, choice[0], opt.refine_units,
-                    used if search.output_units else None,
+                    used if search.output_units else None, self.deadline,
                 )  # fmt: skip
             nb = cb[0][0].shape[0]
             mask = [(l != rl) | (u != ru) for (l, u), (rl, ru) in zip(cb, root)]
