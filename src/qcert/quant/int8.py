@@ -1,5 +1,9 @@
-"""A fast exact executor: torch's int8 matrix product with int32 accumulation.
+"""A fast exact executor: oneDNN's direct u8 × s8 kernels and torch's int8 matrix product, int32
+accumulation.
 
+A layer whose exactness :mod:`qcert.quant.onednn` proves at build time (inputs in ``[0, 255]``,
+accumulators below ``2**24``, no int16 pair saturation) runs there: a direct convolution or product
+with the requantization fused in the kernel (``onednn=False`` turns this off). Otherwise:
 For each :class:`QLinear` or :class:`QConv2d` whose integer weights fit int8 and whose input takes
 at most 256 values (by the static interval bounds over the whole input range; for a padded
 convolution the padding's 0 counts as a value), the product is computed as
@@ -211,7 +215,7 @@ class Int8Executor:
         while i < len(layers):
             layer = layers[i]
             fused = layers[i + 1] if i + 1 < len(layers) else None
-            step = None
+            step: _Linear | OnednnStep | None = None
             if isinstance(layer, QLinear | QConv2d):
                 requant = fused if isinstance(fused, QRequant) else None
                 # after a convolution's channel-last output and a flatten, a linear layer can take

@@ -178,7 +178,9 @@ class OnednnStep:
         return out, 0
 
 
-def _pack(w: torch.Tensor, conv: _Geometry | None, scale: float, rows: torch.Tensor | None) -> _Packed:
+def _pack(
+    w: torch.Tensor, conv: _Geometry | None, scale: float, rows: torch.Tensor | None
+) -> _Packed:
     """Prepack the int8 weight ``w`` (out × in, or out × C × kh × kw) with a per-channel scale."""
     oc = w.shape[0]
     scales = torch.full((oc,), scale, dtype=torch.float32)

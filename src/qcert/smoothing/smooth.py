@@ -157,7 +157,7 @@ class IntegerSmoothing(_Smoothing):
         super().__init__(net, sigma, batch)
         self.noise = DiscreteGaussian(self.sigma_levels)
         self.offset = 0
-        self.noisy_dtype: type[np.signedinteger[Any]] = np.int64
+        self.noisy_dtype: type[np.integer[Any]] = np.int64
         logits_of_noisy: Callable[[torch.Tensor], torch.Tensor] | None = None
         if logits_fn is None:
             ex = make_executor(net, executor)
