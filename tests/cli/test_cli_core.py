@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -77,3 +78,66 @@ def test_usage_errors_exit_2(capsys) -> None:
 def test_console_script_help() -> None:
     r = subprocess.run([sys.executable, "-m", "qcert", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "info" in r.stdout and "eval" in r.stdout
+
+
+def _commands() -> list[list[str]]:
+    from qcert.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    out = []
+    for name, parser in sub.choices.items():
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        out += [[name, n] for n in nested[0].choices] if nested else [[name]]
+    return out
+
+
+def test_usage_errors_are_one_line(capsys) -> None:
+    """Issue 12 item 9: an unknown option, a bad value, a missing argument or no command at all is
+    one line on stderr and exit code 2 for every command; ``--help`` is still the full usage."""
+    for cmd in [[], *_commands()]:
+        for extra in (["--no-such-option"], []):
+            if not cmd and not extra:
+                assert main([]) == 2
+                err = capsys.readouterr().err
+            else:
+                with pytest.raises(SystemExit) as e:
+                    main([*cmd, *extra])
+                assert e.value.code == 2, cmd
+                err = capsys.readouterr().err
+            assert len(err.strip().splitlines()) == 1, (cmd, err)
+            assert "error:" in err and "usage:" not in err, err
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--n", "-3"])
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "positive integer" in err
+    with pytest.raises(SystemExit) as e:
+        main(["verify", "--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.count("\n") > 10
+
+
+def test_every_failure_is_one_line(digits_model, monkeypatch, capsys) -> None:
+    """``main``: a QcertError is one line and exit code 2 (even a message with newlines); anything
+    else is one line ``internal error: ... (run with --debug ...)`` and exit code 1."""
+    import qcert.cli.info
+    from qcert.errors import ModelFileError
+
+    _, path = digits_model
+
+    def fail(exc: Exception):
+        def load(*a: object) -> None:
+            raise exc
+
+        monkeypatch.setattr(qcert.cli.info, "load_model", load)
+
+    fail(ModelFileError("bad\nmodel"))
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "qcert info: error: bad model\n"
+    fail(RuntimeError("boom\nagain"))
+    assert main(["info", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "internal error: RuntimeError: boom again" in err and "--debug" in err
+    assert main(["--debug", "info", str(path)]) == 1
+    assert "Traceback" in capsys.readouterr().err

@@ -131,3 +131,33 @@ def test_verify_resume_range_and_model(model, tmp_path, capsys) -> None:
     ]
     assert main(argv) == 2
     assert "another model" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_no_command_writes_over_its_inputs(model, tmp_path, capsys) -> None:
+    """Issue 12 item 3: export, import, quantize, train and report refuse an output that is one of
+    their inputs (or a link to it), a folder or a file in a missing folder, with one line and
+    before any work; every input keeps its bytes."""
+    before = model.read_bytes()
+    link = tmp_path / "link.qnn"
+    link.symlink_to(model)
+    missing = str(tmp_path / "missing" / "x")
+    for out in (model, link):
+        fails_early(["export", str(model), "--onnx", str(out)], capsys, "also an input")
+    fails_early(["export", str(model), "--onnx", missing], capsys, "does not exist")
+    fails_early(["export", str(model), "--onnx", str(tmp_path)], capsys, "is a folder")
+    onnx = tmp_path / "m.onnx"
+    assert main(["export", str(model), "--onnx", str(onnx), "--check", "0"]) == 0
+    capsys.readouterr()
+    onnx_bytes = onnx.read_bytes()
+    fails_early(["import", str(onnx), "--out", str(onnx)], capsys, "also an input")
+    fails_early(["import", str(onnx), "--out", missing], capsys, "does not exist")
+    quantize = ["quantize", str(model), "--strategy", "uniform", "--avg-bits", "8"]
+    fails_early([*quantize, "--calib-data", "digits", "--out", str(model)], capsys, "also an input")
+    fails_early(["train", "--dataset", "digits", "--out", str(model)], capsys, "not a folder")
+    data = tmp_path / "data"
+    data.mkdir()
+    argv = ["train", "--dataset", "mnist-idx", "--data-root", str(data), "--out", str(data)]
+    fails_early(argv, capsys, "also an input")
+    fails_early(["report", str(model), "--out", str(model)], capsys, "not a folder")
+    assert model.read_bytes() == before and onnx.read_bytes() == onnx_bytes
+    assert not (tmp_path / "missing").exists() and not any(data.iterdir())

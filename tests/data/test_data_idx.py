@@ -96,6 +96,31 @@ def test_idx_truncated_gzip_stream(tmp_path: Path) -> None:
         read_idx(path, 0x803)
 
 
+def test_idx_corrupt_deflate_stream(tmp_path: Path) -> None:
+    """Issue 12 item 8: a corrupt deflate stream (not a truncated one) is the named DataError,
+    not zlib.error; so is a bad gzip header and a bad CRC."""
+    images = np.arange(5 * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(5, 28, 28)
+    path = _write(tmp_path / "img", _idx_bytes(images), True)
+    good = path.read_bytes()
+    for k, patch in [(20, b"\xff" * 8), (12, b"\x07\x07\x07"), (len(good) - 8, b"\x00\x01")]:
+        path.write_bytes(good[:k] + patch + good[k + len(patch) :])
+        with pytest.raises(DataError, match="cannot read"):
+            read_idx(path, 0x803)
+    path.write_bytes(b"\x1f\x8b" + b"\x00" * 30)  # gzip magic, then nonsense
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(path, 0x803)
+
+
+def test_idx_huge_header_is_refused_before_reading(tmp_path: Path) -> None:
+    header = b"\x00\x00\x08\x03" + (65536).to_bytes(4, "big") * 3
+    path = _write(tmp_path / "img", header + b"\x00" * 100, True)
+    with pytest.raises(DataError, match="limit of 4294967296"):
+        read_idx(path, 0x803)
+    path = _write(tmp_path / "img2", _idx_bytes(np.zeros((5, 28, 28), np.uint8)) + b"x", False)
+    with pytest.raises(DataError, match="oversized"):
+        read_idx(path, 0x803)
+
+
 def test_idx_bad_magic(tmp_path: Path) -> None:
     _make(tmp_path, split="train")
     labels = tmp_path / "train-labels-idx1-ubyte"

@@ -263,17 +263,24 @@ def _cnn() -> QNetwork:
     )
 
 
-def test_integer_import_reads_the_graph_not_only_the_metadata(tmp_path) -> None:
+def test_integer_import_refuses_an_edited_weight(tmp_path) -> None:
+    """Issue 12 item 13: a weight changed in an exported integer graph is refused (the metadata
+    records the weights' digest); without that record (metadata written by hand) the import reads
+    the graph's weights, not the metadata's."""
     net = _cnn()
     model = onnx_model(net)
-    # change one weight in the graph: the import must return the graph's weight
     w_name = next(t.name for t in model.graph.initializer if t.name.startswith("l3_linear_weight"))
     w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == w_name)).copy()
-    w[0, 0] = 7
+    w[0, 0] = 7 if w[0, 0] != 7 else 8
     _set_const(model, w_name, w)
+    with pytest.raises(ModelFileError, match="edited after export"):
+        from_onnx(_save(model, tmp_path))
+    meta = json.loads(model.metadata_props[0].value)
+    del meta["weights_sha256"]
+    model.metadata_props[0].value = json.dumps(meta)
     path = _save(model, tmp_path)
     back = from_onnx(path)
-    assert int(back.layers[3].int_weight()[0, 0]) == 7
+    assert int(back.layers[3].int_weight()[0, 0]) == int(w[0, 0])
     r = compare_onnx(back, path, random_inputs(back, 64))
     assert r["equal_logits"] == 64
 

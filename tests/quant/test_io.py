@@ -100,6 +100,18 @@ CASES = {
     "bad classes": (lambda h, t: h.update(classes=[1, 2, 3, 4]), "classes"),
     "wrong class count": (lambda h, t: h.update(classes=["a"]), "class names"),
     "input range outside format": (lambda h, t: h["input"].update(range=[0, 999]), "input range"),
+    # issue 12 item 6: a tensor on a layer that has none is refused like any unexpected tensor
+    "stray tensor on flatten": (
+        lambda h, t: t.update({"layers.2.weight": np.zeros((4, 27), np.int8)}),
+        r"unexpected tensors \['layers.2.weight'\]",
+    ),
+    "stray tensor on requant": (
+        lambda h, t: t.update({"layers.1.bias": np.zeros(3, np.int8)}),
+        "unexpected tensors",
+    ),
+    # a shape one sample of which a machine cannot hold is refused before anything is allocated
+    "huge input": (lambda h, t: h["input"].update(shape=[1, 65536, 65536]), "2\\*\\*26"),
+    "rounding not a string": (lambda h, t: h["layers"][1].update(rounding=1), "'rounding'"),
 }
 
 
@@ -157,3 +169,128 @@ def test_loading_never_unpickles(net, tmp_path, monkeypatch) -> None:
     p = tmp_path / "m.qnn"
     save_model(net, p)
     load_model(p)
+
+
+def _safetensors_header(raw: bytes) -> tuple[dict, bytes]:
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+def _with_header(header: dict, data: bytes) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+@pytest.mark.parametrize(
+    "offsets", [5, [], [0, "x"], [0], [0, 1, 2], None, [-1, 4], [40, 8], [True, 8], [0, 1e3]]
+)
+def test_bad_data_offsets(net, tmp_path, offsets) -> None:
+    """Issue 12 item 6: malformed ``data_offsets`` are a ModelFileError, never a TypeError."""
+    p = tmp_path / "m.qnn"
+    save_model(net, p)
+    header, data = _safetensors_header(p.read_bytes())
+    header["layers.0.weight"]["data_offsets"] = offsets
+    p.write_bytes(_with_header(header, data))
+    with pytest.raises(ModelFileError, match="data_offsets"):
+        load_model(p)
+
+
+@pytest.mark.parametrize("entry", [5, {"dtype": 1}, {"dtype": "I8", "shape": "x"}])
+def test_bad_tensor_entries(net, tmp_path, entry) -> None:
+    p = tmp_path / "m.qnn"
+    save_model(net, p)
+    header, data = _safetensors_header(p.read_bytes())
+    header["layers.0.weight"] = entry
+    p.write_bytes(_with_header(header, data))
+    with pytest.raises(ModelFileError, match="layers.0.weight"):
+        load_model(p)
+
+
+@pytest.mark.parametrize("where", ["qcert", "safetensors"])
+def test_deep_json_is_refused_before_parsing(net, tmp_path, where) -> None:
+    """Issue 12 item 6: JSON nested 10**5 deep (in the qcert header or the safetensors header)
+    is a ModelFileError naming the limit, not a RecursionError."""
+    from qcert.quant.files import MAX_JSON_DEPTH
+
+    deep = "[" * 100_000 + "]" * 100_000
+    p = tmp_path / "m.qnn"
+    if where == "qcert":
+        text = json.dumps(header_of(net))[:-1] + ', "deep": ' + deep + "}"
+        p.write_bytes(st_save(tensors_of(net), metadata={"qcert": text}))
+    else:
+        text = '{"__metadata__": {"qcert": "{}"}, "x": ' + deep + "}"
+        p.write_bytes(struct.pack("<Q", len(text)) + text.encode())
+    with pytest.raises(ModelFileError, match=f"limit is {MAX_JSON_DEPTH}"):
+        load_model(p)
+    # at the limit it parses (and then fails for what the header lacks, not for its depth)
+    ok = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    text = json.dumps(header_of(net))[:-1] + ', "x": ' + ok[1:-1] + "}"
+    p.write_bytes(st_save(tensors_of(net), metadata={"qcert": text}))
+    load_model(p)
+
+
+def test_json_depth_skips_strings() -> None:
+    from qcert.quant.files import json_depth
+
+    assert json_depth('{"a": "[[[[", "b": ["\\"", "]]]"]}') == 2
+    assert json_depth("") == 0 and json_depth("[[]][]") == 2
+
+
+def test_header_length_over_the_limit(tmp_path) -> None:
+    p = tmp_path / "m.qnn"
+    p.write_bytes(struct.pack("<Q", 2**62) + b"{}")
+    with pytest.raises(ModelFileError, match="limit is 100000000"):
+        load_model(p)
+
+
+def test_integer_of_many_digits(net, tmp_path) -> None:
+    p = tmp_path / "m.qnn"
+    p.write_bytes(st_save(tensors_of(net), metadata={"qcert": "1" * 5000}))
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        load_model(p)
+
+
+def test_info_refuses_a_huge_input_without_allocating(net, tmp_path, capsys) -> None:
+    """Issue 12 item 6: a 500-byte model declaring a 1×65536×65536 input: one error line."""
+    from qcert.cli.main import main
+
+    header = header_of(net)
+    header["layers"] = [{"type": "flatten"}]
+    header["input"]["shape"] = [1, 65536, 65536]
+    header["classes"] = None
+    p = tmp_path / "huge.qnn"
+    write(p, header, {})
+    assert p.stat().st_size < 600
+    assert main(["info", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "limit of 67108864" in err and len(err.strip().splitlines()) == 1
+
+
+def test_requant_without_rounding_is_half_up(net, tmp_path) -> None:
+    """Issue 12 item 13: docs/semantics.md makes half_up the default rounding of a requant."""
+    header, tensors = header_of(net), tensors_of(net)
+    header["layers"][1].pop("rounding")
+    p = tmp_path / "m.qnn"
+    write(p, header, tensors)
+    assert load_model(p).layers[1].rounding.value == "half_up"
+
+
+def test_any_integer_dtype_loads(net, tmp_path) -> None:
+    """Issue 12 item 13: any integer dtype holds codes (uint64 too), checked on its own values:
+    a uint64 code of 2**64 − 1 does not wrap to −1."""
+    header, tensors = header_of(net), tensors_of(net)
+    x = torch.randint(0, 256, (5, 1, 6, 6))
+    for dt in (np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64):
+        w = tensors["layers.3.weight"]
+        t = {**tensors, "layers.3.weight": np.clip(w, 0, None).astype(dt)}
+        p = tmp_path / "m.qnn"
+        write(p, header, t)
+        loaded = load_model(p)
+        assert torch.equal(
+            loaded.layers[3].int_weight(), torch.from_numpy(np.clip(w, 0, None)).long()
+        )
+        loaded.integer_forward(x)
+    big = np.full(tensors["layers.3.weight"].shape, 2**64 - 1, np.uint64)
+    write(p, header, {**tensors, "layers.3.weight": big})
+    with pytest.raises(ModelFileError, match="18446744073709551615"):
+        load_model(p)

@@ -91,7 +91,7 @@ def test_report_renders_pngs_and_html(tmp_path, capsys) -> None:
         assert png in page
         img = mpimg.imread(out / png)
         assert img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 0.01  # not blank
-    assert "qa-ibp-cnn-small-mnist" in page and "0.7000" in page
+    assert "qa-ibp cnn-small mnist" in page and "0.7000" in page
 
 
 def test_bad_result_files(tmp_path) -> None:

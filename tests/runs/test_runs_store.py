@@ -204,3 +204,50 @@ def test_write_atomic_replaces_whole_files(tmp_path: Path) -> None:
     write_atomic(p, "one\n")
     write_atomic(p, b"two\n")
     assert p.read_text() == "two\n" and os.listdir(tmp_path) == ["x.txt"]
+
+
+@pytest.mark.parametrize("kind", ["verify", "smoothing"])
+def test_one_writer_at_a_time(tmp_path: Path, kind: str) -> None:
+    """Issue 12 item 12: while a run holds a result file, a second one is refused with one line
+    and changes nothing; once the first closes, the file can be resumed."""
+    k, ident, make = (VERIFY, ID, verdict) if kind == "verify" else (SMOOTHING, SMOOTH_ID, row)
+    out = tmp_path / "o"
+    first = ResultStore(out, k, ident)
+    first.open()
+    first.append(make(0))
+    before = out.read_bytes()
+    with pytest.raises(InputError, match="another qcert run") as e:
+        ResultStore(out, k, ident).open()
+    assert "\n" not in str(e.value) and out.read_bytes() == before
+    first.append(make(1))
+    first.close()
+    assert len(run(out, k, ident, 3, make)) == 3
+    assert len(read_records(out, k)) == 3
+
+
+def test_the_lock_is_held_across_processes(tmp_path: Path) -> None:
+    """Another process (a second ``qcert verify --out`` on the same file) is refused, and a killed
+    holder leaves no lock behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "v.jsonl"
+    holder = (
+        "import sys, time\n"
+        "from qcert.runs import VERIFY, ResultStore\n"
+        f"s = ResultStore({str(out)!r}, VERIFY, {ID!r}); s.open()\n"
+        "print('locked', flush=True); time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"locked"
+        with pytest.raises(InputError, match="another qcert run"):
+            ResultStore(out, VERIFY, ID).open()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    time.sleep(0.05)
+    assert run(out, VERIFY, ID, 2, verdict)[1]["index"] == 1

@@ -51,6 +51,42 @@ def test_rounding_slack_sandwiches_every_value(rounding: Rounding, shift: int) -
     assert bool((y >= v - d_lo).all()) and bool((y <= v + d_hi).all())
 
 
+@pytest.mark.parametrize("rounding", list(Rounding))
+@pytest.mark.parametrize("shift", [-1, 0, 1, 2, 3])
+@pytest.mark.parametrize("signed", [True, False])
+def test_unit_lines_are_valid_and_exact_at_the_integers(
+    rounding: Rounding, shift: int, signed: bool
+) -> None:
+    """Every unit line holds at every integer of its range, whatever the slope (negative ones
+    included), and for right shifts its intercept is the exact extreme of ``f(z) - a z`` over
+    those integers (not only an envelope's)."""
+    fmt = FixedPointFormat(3, signed, 4 - shift)
+    w = QLinear.from_int(
+        torch.ones(1, 1, dtype=torch.int64), None, FixedPointFormat(8, True, 4), None
+    )
+    net = QNetwork([w, QRequant(fmt, rounding)], (1,), FixedPointFormat(8, True, 0))
+    lb = LinearBounds(net)
+    g = torch.Generator().manual_seed(shift + 7)
+    n = 400
+    lo = torch.randint(-60, 60, (1, n), generator=g)
+    hi = lo + torch.randint(0, 40, (1, n), generator=g)
+    slopes = torch.rand(1, 3, n, generator=g, dtype=F64) * 2.0 ** (1 - max(shift, 0)) - 0.2
+    slopes[:, 0] = 0.0
+    a_up, b_up, a_lo, b_lo = lb.relax(0, lo, hi, slopes, slopes)
+    for j in range(n):
+        z = torch.arange(int(lo[0, j]), int(hi[0, j]) + 1)
+        y = requantize(z, 4, fmt, rounding).to(F64)
+        for r in range(3):
+            up = y - a_up[0, r, j] * z.to(F64)
+            dn = y - a_lo[0, r, j] * z.to(F64)
+            assert float(up.max()) <= float(b_up[0, r, j]) and float(dn.min()) >= float(
+                b_lo[0, r, j]
+            )
+            if shift > 0 and int(y[0]) != int(y[-1]):
+                assert float(b_up[0, r, j]) - float(up.max()) < 1e-9
+                assert float(dn.min()) - float(b_lo[0, r, j]) < 1e-9
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_bounds_hold_at_every_point(seed: int) -> None:
     net = enumerable_net(seed)

@@ -155,3 +155,75 @@ def test_missing_file_and_errors_are_qcert_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no VNN-LIB file"):
         verify_vnnlib(net, tmp_path / "missing.vnnlib")
     assert issubclass(VnnlibError, InputError)
+
+
+# issue 12 item 7: hostile files are VnnlibErrors naming the limit, quickly, never another error
+HOSTILE = {
+    "deep nesting": (
+        header() + "(assert " + "(and " * 100_000 + "(>= Y_0 Y_1)" + ")" * 100_000 + ")",
+        "deeper than 100",
+    ),
+    "huge exponent": (
+        header() + "(assert (<= X_2 1e1000000000)) (assert (>= Y_0 Y_1))",
+        "10\\*\\*±1000",
+    ),
+    "tiny exponent": (header() + "(assert (>= Y_0 1e-1000000000))", "10\\*\\*±1000"),
+    "many digits": (header() + "(assert (>= Y_0 " + "7" * 100_000 + "))", "1000 digits"),
+    "long exponent": (header() + "(assert (>= Y_0 1e" + "9" * 100_000 + "))", "10\\*\\*±1000"),
+    "zeros before a digit": (header() + "(assert (>= Y_0 0." + "0" * 5000 + "1))", "10\\*\\*±1000"),
+    "long variable index": (
+        header() + "(declare-const X_" + "1" * 5000 + " Real) (assert (>= Y_0 Y_1))",
+        "named X_i",
+    ),
+    "tiny coefficient": (header() + "(assert (>= (* 1e-31 Y_1) Y_0))", "limit is 2\\*\\*40"),
+    "growing constant": (
+        header() + "(assert (>= Y_0 " + "(* 1e999 " * 30 + "1" + ")" * 30 + "))",
+        "20000 bits",
+    ),
+    "disjunct product": (
+        header() + "(assert (and" + " (or (>= Y_0 1) (>= Y_0 2) (>= Y_0 3))" * 12 + "))",
+        "10000 disjuncts",
+    ),
+    "big off-grid bound": (
+        header() + "(assert (<= (* 3 X_0) 1e400)) (assert (>= Y_0 Y_1))",
+        "grid",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_files_name_the_limit(name: str) -> None:
+    import time
+
+    text, match = HOSTILE[name]
+    t0 = time.perf_counter()
+    with pytest.raises(VnnlibError, match=match):
+        parse_vnnlib(text, small_net(0))
+    assert time.perf_counter() - t0 < 2
+
+
+def test_large_thresholds_are_exact() -> None:
+    """Issue 12 item 7: thresholds far beyond the logits' reach (1e38; coefficients 1 and
+    −0.0625 with a threshold of 1e15) are decided exactly, as are ones inside it."""
+    net = small_net(2)
+    lo, hi = [0, 0, 0], [15, 15, 15]
+    z = enum_logits(net, lo, hi)
+    base = header() + box_text(lo, hi)
+    cases = [
+        ("(>= Y_1 1e38)", z[:, 1].double() >= 1e38),
+        ("(<= Y_1 -1e38)", z[:, 1].double() <= -1e38),
+        ("(>= Y_1 -1e38)", z[:, 1].double() >= -1e38),
+        ("(>= (+ Y_0 (* -0.0625 Y_1)) 1e15)", z[:, 0] - z[:, 1] / 16 >= 1e15),
+        ("(<= (+ Y_0 (* -0.0625 Y_1)) 1e15)", z[:, 0] - z[:, 1] / 16 <= 1e15),
+        ("(> (* 1e-31 Y_1) 0)", z[:, 1] > 0),
+        ("(or (>= Y_0 Y_0) (>= Y_2 1e300))", torch.ones(z.shape[0], dtype=torch.bool)),
+    ]
+    for out, truth in cases:
+        for cmp in range(2):
+            t = int(z[:, 0].max()) - cmp  # a threshold inside the reach, next to its edge
+            text = base + f"(assert (and {out} (>= Y_0 {t})))\n"
+            want = truth & (z[:, 0] >= t)
+            p = parse_vnnlib(text, net)
+            assert torch.equal(p.spec.holds(z), want), (out, t)
+            res = verify_vnnlib(net, text, timeout=30)
+            assert res.result == ("sat" if bool(want.any()) else "unsat"), (out, t)

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 
 from qcert.errors import InputError
-from qcert.runs import check_output_file
+from qcert.runs import check_output_file, check_output_folder
 
 console = Console(stderr=True)
 
@@ -45,13 +45,22 @@ def finite_float(text: str) -> float:
     return v
 
 
-def check_outputs(inputs: list[str | None], outputs: dict[str, str | None]) -> None:
-    """Check every output file given (``{"--out": path}``, ``None`` when not given) before any
-    work: its folder exists, it can be written, it is not a folder and not one of ``inputs``. A
-    problem is one error line and exit code 2."""
+def check_outputs(
+    inputs: list[str | None],
+    outputs: dict[str, str | None],
+    folders: dict[str, str | None] | None = None,
+) -> None:
+    """The one output-path check of every command, called before any work: each output file
+    given (``{"--out": path}``, ``None`` when not given) has an existing folder, can be written,
+    is not a folder and is not one of ``inputs``; each output folder (``folders``) is a folder or
+    can be created as one, and is not one of ``inputs``. A problem is one error line and exit
+    code 2, and no file is created or changed."""
     for what, path in outputs.items():
         if path is not None:
             check_output_file(path, inputs=inputs, what=what)
+    for what, path in (folders or {}).items():
+        if path is not None:
+            check_output_folder(path, inputs=inputs, what=what)
 
 
 def add_ray_args(p: argparse.ArgumentParser) -> None:

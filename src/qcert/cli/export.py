@@ -14,7 +14,13 @@ import warnings
 
 import torch
 
-from qcert.cli.common import add_onnx_checks, load_dataset_for, positive_int, print_json
+from qcert.cli.common import (
+    add_onnx_checks,
+    check_outputs,
+    load_dataset_for,
+    positive_int,
+    print_json,
+)
 from qcert.export import FLAVOURS, compare_onnx, qdq_problems, random_inputs, to_onnx
 from qcert.export.runtime import OPTIMIZATION_LEVELS
 from qcert.quant import load_model
@@ -50,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs([args.model, args.data_root], {"--onnx": args.onnx})
     net = load_model(args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

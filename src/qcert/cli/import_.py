@@ -11,7 +11,7 @@ import argparse
 import sys
 import warnings
 
-from qcert.cli.common import add_onnx_checks, print_json
+from qcert.cli.common import add_onnx_checks, check_outputs, print_json
 from qcert.export import compare_onnx, from_onnx, random_inputs
 from qcert.export.runtime import OPTIMIZATION_LEVELS
 from qcert.quant import save_model
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs([args.onnx], {"--out": args.out})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         net = from_onnx(args.onnx, strict=not args.allow_inexact)

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import argparse
 
-from qcert.cli.common import add_command, finite_float, nonneg_int, positive_int, print_json
+from qcert.cli.common import (
+    add_command,
+    check_outputs,
+    finite_float,
+    nonneg_int,
+    positive_int,
+    print_json,
+)
 
 
 def eps_list(text: str) -> list[int]:
@@ -68,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qcert.layerwise.pipeline import quantize_float_model
 
+    check_outputs([args.float_model, args.data_root], {"--out": args.out})
     res = quantize_float_model(
         args.float_model,
         args.strategy,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qcert.cli.common import add_command
+from qcert.cli.common import add_command, check_outputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from qcert.report import build_report
 
+    check_outputs(list(args.results), {}, folders={"--out": args.out})
     page = build_report(args.results, args.out)
     print(f"report written to {page}")
     return 0

@@ -101,7 +101,9 @@ def run_certify(args: argparse.Namespace) -> int:
             seed=args.seed, out=args.out, on_row=on_row, executor=args.executor, ray=args.ray is not None,
             ray_address=args.ray, workers=args.workers,
         )  # fmt: skip
-    summary.update({"sigma": args.sigma, "n_noise": args.n, "alpha": args.alpha})
+    summary.update(
+        {"sigma": args.sigma, "n_noise": args.n, "alpha": args.alpha, "model": str(args.model)}
+    )
     if summary_file is not None:
         write_atomic(summary_file, json.dumps(summary, indent=2) + "\n")
     if args.json:

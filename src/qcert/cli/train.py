@@ -12,6 +12,7 @@ import argparse
 
 from qcert.cli.common import (
     add_command,
+    check_outputs,
     console,
     finite_float,
     nonneg_int,
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     from qcert.train import TrainConfig, train
 
+    check_outputs([args.data_root], {}, folders={"--out": args.out})
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(

@@ -8,6 +8,7 @@ Each batch file is a pickle of a dict with ``b"data"`` (``uint8`` N×3072: the r
 from __future__ import annotations
 
 import os
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,8 @@ def _get(d: dict[Any, Any], key: str, path: Path) -> Any:
     for k in (key.encode(), key):
         if k in d:
             return d[k]
-    raise DataError(f"cifar10: {path} has no {key!r} entry (keys: {sorted(map(repr, d))})")
+    keys = sorted(reprlib.repr(k) for k in d)[:20]  # reprlib: bounded, whatever the keys hold
+    raise DataError(f"cifar10: {path} has no {key!r} entry (keys: {', '.join(keys)})")
 
 
 def _unpickle_dict(path: Path) -> dict[Any, Any]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 
@@ -18,6 +20,8 @@ from qcert.errors import DataError
 
 __all__ = ["IDX_FILES", "find_idx_file", "load_idx_dataset", "read_idx"]
 
+#: the largest IDX file read (its header's shape, in bytes): 4 GiB, 80 times MNIST's training images
+MAX_IDX_BYTES = 1 << 32
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
 
@@ -36,18 +40,24 @@ def find_idx_file(root: Path, base: str, dataset: str) -> Path:
     raise DataError(f"{dataset}: missing file {root / base} (or {base}.gz) in {root}")
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read {path} ({exc})") from exc
+def _read(f: IO[bytes], n: int) -> bytes:
+    """Up to ``n`` bytes of ``f`` (fewer only at its end)."""
+    parts, left = [], n
+    while left > 0:
+        chunk = f.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
 
 
 def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
     """Parse an unsigned-byte IDX file, checking its magic number and size.
+
+    The header is read first and the data only up to the size it declares (plus one byte, to
+    notice an oversized file), so a corrupt header or a gzip bomb never makes qcert read or
+    decompress more than the array it describes.
 
     Args:
         path: The file (gzip-compressed if its name ends in ``.gz``).
@@ -57,10 +67,19 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
         A ``uint8`` array with the shape the header gives.
 
     Raises:
-        DataError: On a bad magic number or a byte count that does not match the header.
+        DataError: On a missing, unreadable or corrupt file (a bad gzip stream too), a bad magic
+            number or a byte count that does not match the header.
     """
     path = Path(path)
-    raw = _read_bytes(path)
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            return _parse(path, cast(IO[bytes], f), magic)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"cannot read {path} ({type(exc).__name__}: {exc})") from None
+
+
+def _parse(path: Path, f: IO[bytes], magic: int) -> np.ndarray:
+    raw = _read(f, 4)
     if len(raw) < 4:
         raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, no complete header)")
     found = int.from_bytes(raw[:4], "big")
@@ -68,17 +87,24 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
         raise DataError(f"{path}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
+    raw += _read(f, header - 4)
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, expected {header})")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + math.prod(dims)
-    if len(raw) != expected:
-        kind = "truncated" if len(raw) < expected else "oversized"
+    if expected - header > MAX_IDX_BYTES:
         raise DataError(
-            f"{path}: {kind} IDX file: header says shape {dims} = {expected} bytes, "
-            f"file has {len(raw)}"
+            f"{path}: the IDX header declares shape {dims} = {expected - header} bytes, more than "
+            f"the limit of {MAX_IDX_BYTES} (4 GiB)"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    data = _read(f, expected - header + 1)
+    if len(data) != expected - header:
+        size = "truncated" if len(data) < expected - header else "oversized"
+        have = f"{header + len(data)}" if size == "truncated" else "more"
+        raise DataError(
+            f"{path}: {size} IDX file: header says shape {dims} = {expected} bytes, file has {have}"
+        )
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def load_idx_dataset(

@@ -7,6 +7,7 @@ metadata entry ``qcert``, which :func:`qcert.export.from_onnx` reads back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -21,7 +22,7 @@ from qcert.export.integer import INPUT_NAME, OUTPUT_NAME, build_integer
 from qcert.export.qdq import build_qdq, qdq_opset, qdq_problems
 from qcert.quant import QNetwork
 from qcert.quant.files import write_atomic
-from qcert.quant.io import header_of
+from qcert.quant.io import header_of, tensors_of
 
 FLAVOURS = ("integer", "qdq")
 METADATA_KEY = "qcert"
@@ -30,13 +31,28 @@ ONNX_FORMAT_VERSION = 1
 INTEGER_OPSET = 13
 
 
+def weights_sha256(net: QNetwork) -> str:
+    """SHA-256 of the network's integer codes (every weight and bias, by name, as int64 values in
+    C order with their shapes), whatever dtype stores them."""
+    h = hashlib.sha256()
+    for name, t in sorted(tensors_of(net).items()):
+        h.update(f"{name}:{list(t.shape)}:".encode())
+        h.update(t.astype("<i8").tobytes())
+    return h.hexdigest()
+
+
 def metadata_of(net: QNetwork, flavour: str) -> dict[str, Any]:
-    return {
+    """The ``qcert`` metadata entry; an integer graph's also records :func:`weights_sha256`,
+    which the import checks, so that a weight edited in the graph is refused."""
+    meta = {
         "format": ONNX_FORMAT_NAME,
         "version": ONNX_FORMAT_VERSION,
         "flavour": flavour,
         "model": header_of(net),
     }
+    if flavour == "integer":
+        meta["weights_sha256"] = weights_sha256(net)
+    return meta
 
 
 def onnx_model(

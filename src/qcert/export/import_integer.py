@@ -12,7 +12,7 @@ from onnx import helper
 
 from qcert.errors import FormatError, GraphMismatch, ModelFileError, QcertError
 from qcert.export.builder import GraphBuilder, GraphIndex, match_graph
-from qcert.export.exporter import onnx_model
+from qcert.export.exporter import onnx_model, weights_sha256
 from qcert.export.integer import INT64_PATH, AffinePath, Val, emit_layer, input_elem_type
 from qcert.export.onnx_io import graph_io, input_shape
 from qcert.quant import QConv2d, QLinear, QNetwork
@@ -128,6 +128,12 @@ def import_integer(model: onnx.ModelProto, meta: dict[str, Any], name: str) -> Q
                 tensors[f"layers.{i}.bias"] = b
         cur = Val(m.names[v.name], v.dtype, v.shape)
     net = network_from(header, tensors, name)
+    digest = meta.get("weights_sha256")
+    if digest is not None and digest != weights_sha256(net):
+        raise ModelFileError(
+            f"{name}: the graph's weights or biases differ from those qcert exported (the "
+            "metadata's weights_sha256 does not match): the graph was edited after export"
+        )
     int8 = any(n.op_type in ("MatMulInteger", "ConvInteger") for n in actual.nodes)
     check_same_graph(onnx_model(net, "integer", int8_kernels=int8).graph, g, name)
     return net

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -10,7 +9,7 @@ import onnx
 
 from qcert.errors import ModelFileError
 from qcert.export.exporter import METADATA_KEY, ONNX_FORMAT_NAME, ONNX_FORMAT_VERSION
-from qcert.quant.files import read_bytes
+from qcert.quant.files import load_json, read_bytes
 
 __all__ = ["graph_io", "input_shape", "load_onnx", "read_metadata"]
 
@@ -36,12 +35,7 @@ def read_metadata(model: onnx.ModelProto, name: str) -> dict[str, Any] | None:
     raw = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
     if raw is None:
         return None
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ModelFileError(
-            f"{name}: the '{METADATA_KEY}' metadata is not valid JSON ({e})"
-        ) from None
+    meta = load_json(raw, f"{name}: the '{METADATA_KEY}' metadata")
     if not isinstance(meta, dict) or meta.get("format") != ONNX_FORMAT_NAME:
         raise ModelFileError(f"{name}: the '{METADATA_KEY}' metadata is not a qcert ONNX header")
     if meta.get("version") != ONNX_FORMAT_VERSION:

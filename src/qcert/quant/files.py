@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 from typing import Any
 
@@ -21,7 +22,58 @@ from safetensors.numpy import load as st_load
 
 from qcert.errors import ModelFileError
 
-__all__ = ["write_atomic", "read_bytes", "read_safetensors"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "MAX_JSON_DEPTH",
+    "json_depth",
+    "load_json",
+    "read_bytes",
+    "read_safetensors",
+    "write_atomic",
+]
+
+#: the largest safetensors header read (the ``safetensors`` library's own limit, 100 MB); a
+#: larger declared length is refused before a byte of it is decoded
+MAX_HEADER_BYTES = 100_000_000
+#: the deepest nesting of JSON arrays and objects read from a file (a qcert header needs 4):
+#: deeper text is refused before it is parsed, so no input reaches Python's recursion limit
+MAX_JSON_DEPTH = 64
+
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]")
+_CHUNK = 1 << 20
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON ``text``, brackets inside strings not
+    counted; computed without recursion, in time and memory linear in the text (malformed text
+    gets some number, and then fails to parse)."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text))).encode("ascii")
+    top = depth = 0
+    for k in range(0, len(brackets), _CHUNK):
+        a = np.frombuffer(brackets[k : k + _CHUNK], dtype=np.uint8)
+        steps = np.where((a == ord("[")) | (a == ord("{")), 1, -1)
+        levels = np.cumsum(steps, dtype=np.int64) + depth
+        top, depth = max(top, int(levels.max())), int(levels[-1])
+    return top
+
+
+def load_json(text: str | bytes, where: str) -> Any:
+    """Parse JSON ``text`` with the limits of this module: at most :data:`MAX_JSON_DEPTH` levels
+    deep; every failure (bad UTF-8, bad JSON, too deep, an integer of too many digits) raises
+    :class:`ModelFileError` starting with ``where``."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        depth = json_depth(text)
+        if depth > MAX_JSON_DEPTH:
+            raise ModelFileError(
+                f"{where} nests {depth} levels deep; the limit is {MAX_JSON_DEPTH}"
+            )
+        return json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise ModelFileError(f"{where} is not valid JSON ({e})") from None
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
@@ -78,14 +130,15 @@ def read_safetensors(
     if len(raw) < 8:
         raise ModelFileError(f"{name}: truncated file ({len(raw)} bytes): not a safetensors file")
     n = int.from_bytes(raw[:8], "little")
+    if n > MAX_HEADER_BYTES:
+        raise ModelFileError(
+            f"{name}: the safetensors header claims {n} bytes; the limit is {MAX_HEADER_BYTES}"
+        )
     if n > len(raw) - 8:
         raise ModelFileError(
             f"{name}: truncated file: header says {n} bytes of JSON, only {len(raw) - 8} follow"
         )
-    try:
-        st_header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{name}: the safetensors header is not valid JSON ({e})") from None
+    st_header = load_json(raw[8 : 8 + n], f"{name}: the safetensors header")
     if not isinstance(st_header, dict):
         raise ModelFileError(f"{name}: the safetensors header is not a JSON object")
     meta = st_header.get("__metadata__") or {}
@@ -93,24 +146,47 @@ def read_safetensors(
         raise ModelFileError(
             f"{name}: not a {what}: no qcert header (the safetensors metadata has no '{key}' entry)"
         )
-    try:
-        header = json.loads(meta[key])
-    except (TypeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{name}: the {key} header is not valid JSON ({e})") from None
+    if not isinstance(meta[key], str):
+        raise ModelFileError(f"{name}: the {key} header is not a JSON string")
+    header = load_json(meta[key], f"{name}: the {key} header")
     if not isinstance(header, dict):
         raise ModelFileError(f"{name}: the {key} header is not a JSON object")
-    ends = [
-        v.get("data_offsets", [0, 0])[1]
-        for k, v in st_header.items()
-        if k != "__metadata__" and isinstance(v, dict)
-    ]
-    if ends and max(ends) > len(raw) - 8 - n:
-        raise ModelFileError(
-            f"{name}: truncated file: tensor data needs {max(ends)} bytes, "
-            f"only {len(raw) - 8 - n} present"
-        )
+    data = len(raw) - 8 - n
+    for k, v in st_header.items():
+        if k != "__metadata__":
+            _check_entry(name, k, v, data)
     try:
         tensors = dict(st_load(raw))
     except (SafetensorError, ValueError, TypeError) as e:
         raise ModelFileError(f"{name}: malformed (corrupt) safetensors data ({e})") from None
     return header, tensors
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_entry(name: str, key: str, entry: Any, data: int) -> None:
+    """One tensor entry of a safetensors header: ``dtype`` a string, ``shape`` a list of counts,
+    ``data_offsets`` two counts ``[begin, end]`` with ``begin <= end <= data`` (the bytes of
+    tensor data in the file)."""
+    where = f"{name}: tensor {key!r}"
+    if not isinstance(entry, dict):
+        raise ModelFileError(f"{where}: its safetensors entry is not a JSON object")
+    if not isinstance(entry.get("dtype"), str):
+        raise ModelFileError(f"{where}: 'dtype' is missing or not a string")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise ModelFileError(f"{where}: 'shape' must be a list of non-negative integers")
+    offsets = entry.get("data_offsets")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
+        raise ModelFileError(
+            f"{where}: 'data_offsets' must be a list of two non-negative integers, got {offsets!r}"
+        )
+    begin, end = offsets
+    if begin > end:
+        raise ModelFileError(f"{where}: 'data_offsets' {offsets} end before they begin")
+    if end > data:
+        raise ModelFileError(
+            f"{name}: truncated file: tensor data needs {end} bytes, only {data} present"
+        )

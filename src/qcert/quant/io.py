@@ -24,7 +24,11 @@ from qcert.quant.network import QNetwork
 FORMAT_NAME = "qcert.qnn"
 FORMAT_VERSION = 1
 METADATA_KEY = "qcert"
-INTEGER_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32)
+INTEGER_DTYPES = (
+    np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64
+)  # fmt: skip
+#: the rounding rule of a ``requant`` layer whose header names none (docs/semantics.md)
+DEFAULT_ROUNDING = Rounding.HALF_UP
 
 
 def header_of(net: QNetwork) -> dict[str, Any]:
@@ -108,13 +112,13 @@ def _int_tensor(
         raise ModelFileError(
             f"{where}: tensor '{key}' has shape {tuple(a.shape)}, expected {shape}"
         )
-    t = torch.from_numpy(a.astype(np.int64))
-    if t.numel() and (int(t.min()) < fmt.qmin or int(t.max()) > fmt.qmax):
+    # the range is checked on the file's own dtype: a uint64 code above 2**63 must not wrap
+    if a.size and (int(a.min()) < fmt.qmin or int(a.max()) > fmt.qmax):
         raise ModelFileError(
-            f"{where}: tensor '{key}' has values in [{int(t.min())}, {int(t.max())}], "
+            f"{where}: tensor '{key}' has values in [{int(a.min())}, {int(a.max())}], "
             f"outside its format {fmt} [{fmt.qmin}, {fmt.qmax}]"
         )
-    return t
+    return torch.from_numpy(a.astype(np.int64))
 
 
 def _pair_of(d: dict[str, Any], key: str, where: str) -> tuple[int, int]:
@@ -156,9 +160,8 @@ def _layer(i: int, d: Any, tensors: dict[str, np.ndarray]) -> QLayer:
             w, b, wf, bf, _pair_of(d, "stride", where), _pair_of(d, "padding", where)
         )
     if kind == "requant":
-        return QRequant(
-            _format(d, "format", where), Rounding.parse(_get(d, "rounding", where, str))
-        )
+        rounding = DEFAULT_ROUNDING if "rounding" not in d else _get(d, "rounding", where, str)
+        return QRequant(_format(d, "format", where), Rounding.parse(rounding))
     if kind == "flatten":
         return QFlatten()
     if kind == "avgpool2d":
@@ -186,7 +189,12 @@ def network_from(header: dict[str, Any], tensors: dict[str, np.ndarray], name: s
         in_range = _pair_of(inp, "range", f"{name}: input")
         layer_dicts = _get(header, "layers", name, list)
         layers = [_layer(i, d, tensors) for i, d in enumerate(layer_dicts)]
-        known = {f"layers.{i}.{k}" for i in range(len(layers)) for k in ("weight", "bias")}
+        known = {
+            f"layers.{i}.{k}"
+            for i, layer in enumerate(layers)
+            if isinstance(layer, QLinear | QConv2d)  # the only layers with tensors
+            for k in ("weight", "bias")
+        }
         extra = sorted(set(tensors) - known)
         if extra:
             raise ModelFileError(f"{name}: unexpected tensors {extra}")

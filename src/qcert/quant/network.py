@@ -30,10 +30,23 @@ from qcert.quant.layers import (
 )
 
 DEFAULT_INPUT_FORMAT = FixedPointFormat(bits=8, signed=False, frac=8)
+#: the most values one sample's input or any layer's output may hold (2**26: 512 MiB as int64).
+#: A larger shape is refused when the network is built, before any tensor of it is allocated, so
+#: a small model file cannot make qcert try to allocate more than a machine holds.
+MAX_SAMPLE_ELEMENTS = 1 << 26
 
 #: float64 is exact for integers up to 2**53, float32 up to 2**24
 FLOAT64_EXACT_BITS = 53
 FLOAT32_EXACT_BITS = 24
+
+
+def _check_size(what: str, shape: Sequence[int]) -> None:
+    n = math.prod(shape)
+    if n > MAX_SAMPLE_ELEMENTS:
+        raise FormatError(
+            f"{what} has shape {'×'.join(map(str, shape))}: {n} values per sample, more than "
+            f"the limit of {MAX_SAMPLE_ELEMENTS} (2**26)"
+        )
 
 
 def argmax_first(logits: torch.Tensor) -> torch.Tensor:
@@ -111,6 +124,7 @@ class QNetwork(nn.Module):
         self.input_shape = tuple(int(s) for s in input_shape)
         if not self.input_shape or min(self.input_shape) < 1:
             raise FormatError(f"invalid input shape {tuple(input_shape)}")
+        _check_size("the input", self.input_shape)
         self.input_format = input_format
         lo, hi = input_range if input_range is not None else (input_format.qmin, input_format.qmax)
         if not input_format.qmin <= int(lo) <= int(hi) <= input_format.qmax:
@@ -124,6 +138,7 @@ class QNetwork(nn.Module):
         for i, layer in enumerate(self.layers):
             try:
                 shape, frac = layer.bind(shape, frac, in_mag=mag)
+                _check_size("its output", shape)
                 mag = _format_magnitude(layer, mag)
             except FormatError as e:
                 raise FormatError(f"layer {i} ({layer.kind}): {e}") from None

@@ -8,6 +8,7 @@ seconds per sample (verifier and smoothing).
 from __future__ import annotations
 
 import html
+import io
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from qcert.report.results import (  # noqa: E402
     VerifyRun,
     read_result,
 )
-from qcert.runs import RADII, VERDICTS, check_output_folder  # noqa: E402
+from qcert.runs import RADII, VERDICTS, check_output_folder, write_atomic  # noqa: E402
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> bool:
@@ -36,8 +37,10 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> bool:
     ax.legend(fontsize=7)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    write_atomic(path, buf.getvalue())
     return True
 
 
@@ -138,6 +141,7 @@ def build_report(results: Sequence[str | Path], out: str | Path) -> Path:
         rows = [
             [
                 r.model,
+                " ".join(str(r.data[k]) for k in ("method", "arch", "dataset") if k in r.data),
                 f"{float(r.data.get('clean_acc', 0)):.4f}",
                 *[f"{r.certified.get(e, float('nan')):.4f}" for e in eps_keys],
                 str(r.data.get("pgd_acc", "")),
@@ -145,7 +149,9 @@ def build_report(results: Sequence[str | Path], out: str | Path) -> Path:
             ]
             for r in training
         ]
-        headers = ["model", "clean", *[f"QA-IBP ε={e:g}" for e in eps_keys], "PGD", "seconds"]
+        headers = [
+            "model", "training", "clean", *[f"QA-IBP ε={e:g}" for e in eps_keys], "PGD", "seconds"
+        ]  # fmt: skip
         parts += ["<h2>Training</h2>", _table(headers, rows)]
     if verify:
         rows = [
@@ -180,5 +186,5 @@ def build_report(results: Sequence[str | Path], out: str | Path) -> Path:
     files = json.dumps([str(r.path) for r in runs])
     parts.append(f"<p><small>from {html.escape(files)}</small></p></body></html>")
     page = out / "index.html"
-    page.write_text("\n".join(parts))
+    write_atomic(page, "\n".join(parts))
     return page

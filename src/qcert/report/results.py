@@ -106,7 +106,16 @@ def _name_number(path: Path, key: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def model_name(model: str | Path) -> str:
+    """The one name of a model in a report, from its ``.qnn`` path: the file's stem, or for
+    ``qcert train``'s ``DIR/model.qnn`` (and any ``model.*``) the folder name ``DIR``."""
+    p = Path(model)
+    return (p.parent.name or p.stem) if p.stem == "model" else p.stem
+
+
 def _model_name(path: Path) -> str:
+    """The model of a result file that does not name it: the folder the file is in (where
+    ``qcert train`` put the model and its metrics), else the file's stem."""
     return path.parent.name or path.stem
 
 
@@ -116,7 +125,8 @@ def read_verify(path: Path) -> VerifyRun:
     model = next((r["model"] for r in reversed(records) if "model" in r), None)
     if eps is None:
         eps = _name_number(path, "eps")
-    return VerifyRun(path, str(model or _model_name(path)), records, eps)
+    name = model_name(model) if isinstance(model, str) and model else _model_name(path)
+    return VerifyRun(path, name, records, eps)
 
 
 def read_smoothing(path: Path) -> SmoothingRun:
@@ -127,27 +137,29 @@ def read_smoothing(path: Path) -> SmoothingRun:
     arith = "float" if "float" in name else "int"
     sidecar = path.with_suffix(path.suffix + ".json")
     sigma = _name_number(path, "sigma")
+    name = _model_name(path)
     if sidecar.exists():
         try:
             meta = json.loads(sidecar.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{sidecar}: not a JSON summary ({e})") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise InputError(f"{sidecar}: not a JSON summary ({str(e)[:100]})") from None
         if not isinstance(meta, dict):
             raise InputError(f"{sidecar}: not a JSON summary")
         sigma = meta.get("sigma", sigma)
         arith = meta.get("arith", arith)
-    return SmoothingRun(path, _model_name(path), rows, sigma, arith)
+        if isinstance(meta.get("model"), str) and meta["model"]:
+            name = model_name(meta["model"])
+    return SmoothingRun(path, name, rows, sigma, arith)
 
 
 def read_training(path: Path) -> TrainingRun:
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InputError(f"{path}: not valid JSON ({str(e)[:100]})") from None
     if not isinstance(data, dict) or "clean_acc" not in data:
         raise InputError(f"{path}: not a training metrics file (no 'clean_acc')")
-    label = "-".join(str(data[k]) for k in ("method", "arch", "dataset") if k in data)
-    return TrainingRun(path, label or _model_name(path), data)
+    return TrainingRun(path, _model_name(path), data)
 
 
 def read_result(path: str | Path) -> VerifyRun | SmoothingRun | TrainingRun:

@@ -58,6 +58,8 @@ def _json_object(line: str) -> dict[str, Any]:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
         raise IncompleteRecord(str(e)) from None
+    except (ValueError, RecursionError) as e:  # an integer of too many digits, too deep nesting
+        raise RecordError(f"{type(e).__name__}: {str(e)[:100]}") from None
     if not isinstance(rec, dict):
         raise RecordError("not a JSON object")
     return rec

@@ -17,10 +17,17 @@ The rules, in the order :meth:`ResultStore.open` applies them (nothing is writte
    not a whole record (JSON cut short, a row with missing or unreadable fields).
 
 A line that fails to parse anywhere else is an error: a crash tears only the last line.
+
+One writer at a time: :meth:`ResultStore.open` takes an exclusive lock on the file (``flock``, not
+waiting) before it reads it, and holds it until :meth:`ResultStore.close`. A second qcert process
+given the same file while the first runs is refused with one error line, so two runs never append
+the same samples twice. The lock goes with the process: a crashed or killed run leaves none behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -40,7 +47,10 @@ def scan(path: PathLike, kind: Kind) -> tuple[list[dict[str, Any]], int]:
     them (the rest is a torn last line). Reads only; raises ``InputError`` for a file that is not
     of this kind."""
     p = Path(path)
-    raw = p.read_bytes()
+    return _scan(p.read_bytes(), p, kind)
+
+
+def _scan(raw: bytes, p: Path, kind: Kind) -> tuple[list[dict[str, Any]], int]:
     end = raw.rfind(b"\n") + 1
     try:
         lines = raw[:end].decode("utf-8").split("\n")[:-1]
@@ -78,6 +88,14 @@ def read_records(path: PathLike, kind: Kind) -> list[dict[str, Any]]:
     return scan(path, kind)[0]
 
 
+def _read_all(fd: int) -> bytes:
+    parts = []
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 class ResultStore:
     """A resumable result file of ``kind`` at ``path`` for a run identified by ``identity``.
 
@@ -97,16 +115,34 @@ class ResultStore:
         """Apply the rules of the module docstring; return the finished records by index and get
         ready to append."""
         p = check_output_file(self.path)
-        records, end = scan(p, self.kind) if p.exists() else ([], 0)
-        if self.kind.header is None:
-            for rec in records:
-                self._check_identity(rec, f"{p}")
-        else:
-            self._check_sidecar(bool(records))
-        if p.exists() and p.stat().st_size > end:
-            with open(p, "r+b") as f:  # cut the torn last line
-                f.truncate(end)
-        self._file = open(p, "a", newline="")  # noqa: SIM115 - closed in close()
+        created = not p.exists()
+        # opening changes nothing in an existing file; the lock comes before any read or write
+        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+        locked = False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                raise InputError(
+                    f"{p} is being written by another qcert run (it holds the file's lock); "
+                    "wait for it to finish or use another --out file"
+                ) from None
+            records, end = _scan(_read_all(fd), p, self.kind)
+            if self.kind.header is None:
+                for rec in records:
+                    self._check_identity(rec, f"{p}")
+            else:
+                self._check_sidecar(bool(records))
+            if os.fstat(fd).st_size > end:
+                os.ftruncate(fd, end)  # cut the torn last line
+            self._file = os.fdopen(fd, "a", newline="")
+        except BaseException:
+            if created and locked:  # leave no empty file behind a refusal
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            os.close(fd)  # releases the lock
+            raise
         if self.kind.header is not None and end == 0:
             self._write(self.kind.header)
         self.done = {int(rec[self.kind.key]): rec for rec in records}
@@ -131,7 +167,7 @@ class ResultStore:
         if side.exists():
             try:
                 meta = json.loads(side.read_text())
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, ValueError, RecursionError):
                 meta = None
             if not isinstance(meta, dict):
                 raise InputError(f"{side} is not the JSON summary of {self.path}; move it away")

@@ -175,6 +175,12 @@ class _Run:
                 continue
             tb = time.monotonic()
             if stage != "linear bounds":
+                if opt.intermediate_units:
+                    root = search.optimize_intermediate(
+                        flat_lo, flat_hi, root, opt.intermediate_iters, opt.intermediate_units,
+                        self.deadline,
+                    )  # fmt: skip
+                    params = search.init_params(root, self.C.shape[1])
                 rows = self.open_rows(ub)
                 ub, _, _ = self.optimize(flat_lo, flat_hi, root, ub, params, rows, opt.root_iters)
             lub, lams, lam_in, _ = search.bound(self.C, flat_lo, flat_hi, root, params, 0)
@@ -219,9 +225,12 @@ class _Run:
         """Run the unit search: None when it decided the query (``self.out`` says how), else why
         it stopped short (then the caller hands over to input splitting)."""
         out, opt, search, spec = self.out, self.opt, self.search, self.spec
-        last_pass = 0.0
+        per_child = 0.0  # seconds per child bounded in the last pass
         while queue.size:
-            if time.monotonic() + last_pass > self.deadline:  # the next pass would end late
+            # a pass's time grows with its batch (doubling at first): do not start one that
+            # would end late
+            next_pass = per_child * 2 * min(opt.batch, queue.size)
+            if time.monotonic() + next_pass > self.deadline:
                 out.status, out.note = TIMEOUT, f"time limit with {queue.size} open subproblems"
                 return None
             out.passes += 1
@@ -247,7 +256,7 @@ class _Run:
             blo, bhi = lo.expand(nb, -1), hi.expand(nb, -1)
             cub, clam, clin = self.optimize(blo, bhi, cb, cub, cpar, rows, opt.iters, mask)
             out.stats["bound_s"] += time.monotonic() - tb
-            last_pass = time.monotonic() - start
+            per_child = (time.monotonic() - start) / nb
             out.boxes += nb
             bad = spec.badness(cub)
             idx = (bad > 0).nonzero().squeeze(1)

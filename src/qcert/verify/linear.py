@@ -259,17 +259,25 @@ class LinearBounds:
             ]
             return [lo_in, hi_in, *inside]
 
-        a = slope_up
-        cands = [yl - a * lf, yu - a * uf]
-        for z in candidates(((qmin - unit.d_hi) / s, (qmax - unit.d_hi) / s)):
-            cands.append(torch.where(inner, upper_env(z) - a * z, neg_inf))
-        b_up = torch.stack(torch.broadcast_tensors(*cands)).amax(0)
+        a, a2 = slope_up, slope_lo
+        points = self._step_points(k, l, u)
+        if points is not None:
+            # exact: f(z) - a z over the integers of [l, u] peaks at these points
+            # the extreme point is picked without gradient; the intercept ``f(z*) - a z*`` is
+            # then differentiable in ``a`` (Danskin) without carrying every candidate
+            zs, ys = (torch.stack(t).reshape(len(t), *view).to(F64) for t in points)
+            b_up = _extreme(zs, ys, a, top=True)
+            b_lo = _extreme(zs, ys, a2, top=False)
+        else:
+            cands = [yl - a * lf, yu - a * uf]
+            for z in candidates(((qmin - unit.d_hi) / s, (qmax - unit.d_hi) / s)):
+                cands.append(torch.where(inner, upper_env(z) - a * z, neg_inf))
+            b_up = torch.stack(torch.broadcast_tensors(*cands)).amax(0)
+            cands = [yl - a2 * lf, yu - a2 * uf]
+            for z in candidates(((qmin + unit.d_lo) / s, (qmax + unit.d_lo) / s)):
+                cands.append(torch.where(inner, lower_env(z) - a2 * z, -neg_inf))
+            b_lo = torch.stack(torch.broadcast_tensors(*cands)).amin(0)
         b_up = b_up + 8 * U * (a.abs() * zmag + qmag)
-        a2 = slope_lo
-        cands = [yl - a2 * lf, yu - a2 * uf]
-        for z in candidates(((qmin + unit.d_lo) / s, (qmax + unit.d_lo) / s)):
-            cands.append(torch.where(inner, lower_env(z) - a2 * z, -neg_inf))
-        b_lo = torch.stack(torch.broadcast_tensors(*cands)).amin(0)
         b_lo = b_lo - 8 * U * (a2.abs() * zmag + qmag)
         zero = torch.zeros_like(b_up)
         a_up = torch.where(const, zero, a.expand_as(b_up))
@@ -277,6 +285,43 @@ class LinearBounds:
         b_up = torch.where(const, yl.expand_as(b_up), b_up)
         b_lo = torch.where(const, yl.expand_as(b_lo), b_lo)
         return a_up, b_up, a_lo, b_lo
+
+    def _step_points(
+        self, k: int, l: torch.Tensor, u: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """Integer points ``z`` of ``[l, u]`` (int64 B×n each) and their exact values ``f(z)``
+        among which ``f(z) - a z`` takes its maximum and its minimum over all integers of ``[l,
+        u]``, for every slope ``a``; None when the unit is not a right shift (then the envelope
+        bounds of :meth:`relax` apply).
+
+        Why these suffice: ``f`` is a monotone staircase, constant on runs. On a run ``f(z) - a
+        z`` is extreme at the run's ends: ``l``, ``u``, and for each value ``v`` in ``(f(l),
+        f(u)]`` the first point ``T(v)`` of its run and the last point ``T(v) - 1`` of the run
+        before it. For a right shift by ``s``, ``T(v) = v 2^s - c(v)`` with ``c`` constant (half
+        up: ``2^(s-1)``; floor: 0) or constant up to the parity of ``v`` (half even: ``2^(s-1)
+        - [v odd]``), also under saturation since ``f(z) >= v`` iff the rounded value is ``>= v``
+        for ``qmin < v <= qmax``. So ``v - a T(v)`` (and ``v - 1 - a (T(v) - 1)``) is affine in
+        ``v`` within each parity class and peaks at the class's extreme values: ``f(l) + 1``,
+        ``f(l) + 2``, ``f(u) - 1``, ``f(u)``. Points outside ``[l, u]`` are clipped into it, which
+        keeps them valid points."""
+        unit = self.units[k]
+        layer = unit.layer
+        assert layer.in_frac is not None
+        shift = layer.in_frac - layer.format.frac
+        if shift <= 0 or shift > 40 or max(abs(unit.qmin), abs(unit.qmax)) > 2.0**20:
+            return None
+        fl, fu = layer.integer(l), layer.integer(u)
+        half = 1 << (shift - 1)
+        zs = [l, u]
+        for v in (fl + 1, fl + 2, fu - 1, fu):
+            t = v * (1 << shift)
+            if layer.rounding is Rounding.HALF_UP:
+                t = t - half
+            elif layer.rounding is Rounding.HALF_EVEN:
+                t = t - half + torch.remainder(v, 2)
+            t = torch.minimum(torch.maximum(t, l), u)
+            zs += [t, torch.maximum(t - 1, l)]
+        return zs, [layer.integer(z) for z in zs]
 
     # ------------------------------------------------------------------ backward pass
     def backward(
@@ -398,6 +443,17 @@ class LinearBounds:
             nu = torch.minimum(u, _to_int(ub, u))
             bounds[k] = (torch.minimum(nl, nu), nu)
         return bounds
+
+
+def _extreme(zs: torch.Tensor, ys: torch.Tensor, a: torch.Tensor, top: bool) -> torch.Tensor:
+    """``max_p`` (``top``) or ``min_p`` of ``ys[p] - a zs[p]`` over the points' axis 0."""
+    with torch.no_grad():
+        v = ys - a.detach().unsqueeze(0) * zs
+        shape = v.shape
+        idx = (v.argmax(0) if top else v.argmin(0)).unsqueeze(0)
+        z = zs.expand(shape).gather(0, idx).squeeze(0)
+        y = ys.expand(shape).gather(0, idx).squeeze(0)
+    return y - a * z
 
 
 def _to_int(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,9 @@ class LinearBabOptions:
         input_split_dims: a box with at most this many free input dimensions goes to input
             splitting (:func:`bab_search`) after the root bounds: there a few splits decide
             what many unit splits would.
+        intermediate_units: at the root, the bounds of every unit layer after the first with
+            at most this many units are optimized like the output's (α-CROWN's intermediate
+            bounds); 0 keeps the chords' bounds.
         threads: torch CPU threads during the search (restored after it). The search runs many
             small products, where a second thread costs more in synchronization than it saves,
             and ten times more on a machine whose cores are busy (measured in docs/verify.md);
@@ -54,13 +57,16 @@ class LinearBabOptions:
     attack_restarts: int = 2
     refine_units: int = 256
     input_split_dims: int = 6
+    intermediate_units: int = 512
+    intermediate_iters: int = 20
     threads: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_counts(self, ("batch", "max_queue"), 1)
         names = ("root_iters", "iters", "attack_steps", "attack_restarts", "refine_units")
-        check_counts(self, (*names, "input_split_dims", "threads"), 0)
+        more = ("intermediate_units", "intermediate_iters", "input_split_dims", "threads")
+        check_counts(self, (*names, *more), 0)
         if not 0 < float(self.lr) < float("inf"):
             raise InputError(f"lr must be a positive number, got {self.lr!r}")
 
@@ -117,6 +123,45 @@ class LinearBab:
             out.append(torch.maximum(chord, torch.full_like(chord, unit.scale)).unsqueeze(1))
         return out
 
+    def optimize_intermediate(
+        self,
+        lo: torch.Tensor,
+        hi: torch.Tensor,
+        bounds: Bounds,
+        iters: int,
+        max_units: int,
+        deadline: float | None = None,
+    ) -> Bounds:
+        """α-CROWN's optimized intermediate bounds at the root: each unit layer after the first
+        (with at most ``max_units`` units) gets the bounds of its accumulators with the slopes of
+        the layers before it optimized for each bound separately, layer by layer. Every bound is
+        rigorous (see :meth:`bound`), and is only intersected with what was known."""
+        bounds = list(bounds)
+        for k in range(1, len(self.lb.units)):
+            n = self.lb.units[k].size
+            if n > max_units or (deadline is not None and time.monotonic() > deadline):
+                continue
+            l, u = bounds[k]
+            open_ = (l < u) & (
+                self.lb.units[k].layer.integer(l) != self.lb.units[k].layer.integer(u)
+            )
+            units = open_[0].nonzero().squeeze(1)
+            m = int(units.numel())
+            if not m:
+                continue
+            eye = torch.eye(n, dtype=F64)[units].unsqueeze(0)
+            C = torch.cat([eye, -eye], dim=1)
+            params = self.init_params(bounds[:k], 2 * m)
+            with torch.enable_grad():
+                ub, _, _, _ = self.bound(
+                    C, lo, hi, bounds, params, iters, deadline=deadline, target=k
+                )
+            nl, nu = l.clone(), u.clone()
+            nu[:, units] = torch.minimum(u[:, units], ub[:, :m])
+            nl[:, units] = torch.maximum(l[:, units], -ub[:, m:])
+            bounds[k] = (torch.minimum(nl, nu), nu)
+        return bounds
+
     def init_params(self, bounds: Bounds, rows: int) -> Params:
         slopes, betas = [], []
         for k, (l, u) in enumerate(bounds):
@@ -142,12 +187,16 @@ class LinearBab:
         split_mask: list[torch.Tensor] | None = None,
         thresholds: torch.Tensor | None = None,
         deadline: float | None = None,
+        target: int | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, Params | None]:
         """Rigorous upper bounds (int64 B×R, floors of bound + error) of the rows ``C`` over
         each subproblem, after ``iters`` optimization steps of ``params`` (in place, detached
-        copies returned). Also returns λ on every unit layer (for scores) and on the input."""
-        target = len(self.lb.units)
-        scales = self._scales(bounds)
+        copies returned). Also returns λ on every unit layer (for scores) and on the input.
+        ``target``: the rows are over the accumulators of that unit layer (then ``bounds`` and
+        ``params`` cover the layers before it) instead of the network's output."""
+        if target is None:
+            target = len(self.lb.units)
+        scales = self._scales(bounds[:target])
         if params is None or iters == 0:
             with torch.no_grad():
                 slopes = None

@@ -11,10 +11,20 @@ Supported: ``declare-const``, ``assert`` with ``<=``, ``>=``, ``<``, ``>``, ``an
 ``X``/``Y`` variables and numbers (integers, decimals, exponents), linear terms with ``+``, ``-``
 and ``*`` by a constant. Input constraints must be bounds of single variables, at the top level or
 in a top-level ``and``.
+
+Everything is exact rational arithmetic, within limits checked before any work that could take long
+(each is a :class:`VnnlibError` naming it): nesting at most :data:`MAX_DEPTH` parentheses deep,
+numbers of at most :data:`MAX_DIGITS` significant digits with magnitude between 10**-MAX_EXPONENT
+and 10**MAX_EXPONENT, constants of at most :data:`MAX_CONSTANT_BITS` bits while terms are combined,
+at most :data:`MAX_DISJUNCTS` disjuncts. An output constraint is scaled to integer coefficients with
+no common factor; a threshold beyond what the logits can reach on the input box is clamped to that
+reach (exact: the constraint holds at the same points); the integer coefficients must then be at most
+2**40 (:data:`~qcert.verify.spec.MAX_COEF`) and the threshold at most 2**50 in magnitude.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -29,12 +39,23 @@ from qcert.quant.network import QNetwork
 from qcert.runs import SAT, TIMEOUT, UNSAT
 from qcert.verify.bab import BabOptions
 from qcert.verify.query import DEFAULT_METHOD, check_method, check_timeout, verify_query
-from qcert.verify.spec import OutputSpec
+from qcert.verify.spec import MAX_COEF, OutputSpec
 
 SExpr = Union[str, list["SExpr"]]  # noqa: UP007 (a recursive alias needs Union at runtime)
+#: the most disjuncts a property may expand to (its output constraints in disjunctive normal form)
 MAX_DISJUNCTS = 10_000
-_NUM = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-_VAR = re.compile(r"^([XY])_(\d+)$")
+#: the deepest nesting of parentheses (VNN-COMP properties use 4)
+MAX_DEPTH = 100
+#: numbers: at most this many significant digits ...
+MAX_DIGITS = 1000
+#: ... and a magnitude between 10**-MAX_EXPONENT and 10**MAX_EXPONENT (or zero)
+MAX_EXPONENT = 1000
+#: the most bits of a numerator or denominator while terms are added and multiplied
+MAX_CONSTANT_BITS = 20_000
+#: the largest threshold of an integer output constraint (after clamping to the logits' reach)
+MAX_THRESHOLD = MAX_COEF * 1024
+_NUM = re.compile(r"^([+-]?)(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?$")
+_VAR = re.compile(r"^([XY])_(\d{1,18})$")  # an index of more digits is no input/output
 
 
 def _tokens(text: str) -> list[str]:
@@ -49,6 +70,8 @@ def parse_sexprs(text: str) -> list[SExpr]:
     stack: list[list[SExpr]] = []
     for t in toks:
         if t == "(":
+            if len(stack) >= MAX_DEPTH:
+                raise VnnlibError(f"parentheses nest deeper than {MAX_DEPTH} levels (the limit)")
             stack.append([])
         elif t == ")":
             if not stack:
@@ -65,9 +88,43 @@ def parse_sexprs(text: str) -> list[SExpr]:
 
 
 def _number(tok: str) -> Fraction:
-    if not _NUM.match(tok):
-        raise VnnlibError(f"not a number or declared variable: {tok!r}")
-    return Fraction(tok)
+    """The exact value of a decimal number token, its size checked before it is built."""
+    m = _NUM.match(tok)
+    if not m or not (m.group(2) or m.group(3)):
+        raise VnnlibError(f"not a number or declared variable: {_cut(tok)!r}")
+    sign, whole, frac, exp = m.group(1), m.group(2), (m.group(3) or "").rstrip("0"), m.group(4)
+    digits = (whole + frac).lstrip("0")
+    if not digits:
+        return Fraction(0)
+    if len(digits) > MAX_DIGITS:
+        raise VnnlibError(f"the number {_cut(tok)} has more than {MAX_DIGITS} digits (the limit)")
+    e = 0
+    if exp is not None:
+        if len(exp.lstrip("+-").lstrip("0")) > len(str(MAX_EXPONENT)) + 1:
+            raise VnnlibError(
+                f"the number {_cut(tok)} is beyond 10**±{MAX_EXPONENT} (the limit of a number)"
+            )
+        e = int(exp)
+    # the value is int(digits) · 10**(e − len(frac)); its leading digit is at 10**magnitude
+    magnitude = e - len(frac) + len(digits) - 1
+    if abs(magnitude) > MAX_EXPONENT:
+        raise VnnlibError(
+            f"the number {_cut(tok)} is beyond 10**±{MAX_EXPONENT} (the limit of a number)"
+        )
+    value = Fraction(int(digits)) * Fraction(10) ** (e - len(frac))
+    return -value if sign == "-" else value
+
+
+def _cut(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n] + "…"
+
+
+def _check_size(q: Fraction, where: SExpr) -> Fraction:
+    if max(q.numerator.bit_length(), q.denominator.bit_length()) > MAX_CONSTANT_BITS:
+        raise VnnlibError(
+            f"a constant of {_show(where)} needs more than {MAX_CONSTANT_BITS} bits (the limit)"
+        )
+    return q
 
 
 Linear = tuple[dict[str, Fraction], Fraction]  # coefficients by variable, constant
@@ -83,18 +140,23 @@ def _linear(e: SExpr, declared: set[str]) -> Linear:
     if not e or not isinstance(e[0], str):
         raise VnnlibError(f"malformed term {_show(e)}")
     op, args = e[0], [_linear(a, declared) for a in e[1:]]
+    out: Linear
     if op == "+" and args:
-        return _add(args)
-    if op == "-" and len(args) == 1:
-        return _scale(args[0], Fraction(-1))
-    if op == "-" and len(args) >= 2:
-        return _add([args[0], *[_scale(a, Fraction(-1)) for a in args[1:]]])
-    if op == "*" and len(args) == 2:
+        out = _add(args)
+    elif op == "-" and len(args) == 1:
+        out = _scale(args[0], Fraction(-1))
+    elif op == "-" and len(args) >= 2:
+        out = _add([args[0], *[_scale(a, Fraction(-1)) for a in args[1:]]])
+    elif op == "*" and len(args) == 2:
         (ca, ka), (cb, kb) = args
         if ca and cb:
             raise VnnlibError(f"non-linear product {_show(e)}")
-        return _scale((cb, kb), ka) if not ca else _scale((ca, ka), kb)
-    raise VnnlibError(f"unsupported term {_show(e)}")
+        out = _scale((cb, kb), ka) if not ca else _scale((ca, ka), kb)
+    else:
+        raise VnnlibError(f"unsupported term {_show(e)}")
+    for q in (*out[0].values(), out[1]):
+        _check_size(q, e)
+    return out
 
 
 def _add(terms: list[Linear]) -> Linear:
@@ -111,8 +173,19 @@ def _scale(t: Linear, f: Fraction) -> Linear:
     return {v: a * f for v, a in t[0].items() if a * f != 0}, t[1] * f
 
 
-def _show(e: SExpr) -> str:
-    return e if isinstance(e, str) else "(" + " ".join(_show(a) for a in e) + ")"
+def _show(e: SExpr, limit: int = 200) -> str:
+    """``e`` as text, cut after about ``limit`` characters."""
+    if isinstance(e, str):
+        return _cut(e, limit)
+    parts: list[str] = []
+    used = 0
+    for a in e:
+        if used > limit:
+            parts.append("…")
+            break
+        parts.append(_show(a, limit - used))
+        used += len(parts[-1]) + 1
+    return "(" + " ".join(parts) + ")"
 
 
 # an atom: (coefs over variables, op, rhs) meaning coefs·v op rhs
@@ -129,14 +202,11 @@ def _formula(e: SExpr, declared: set[str]) -> list[list[Atom]]:
             raise VnnlibError(f"{op} needs two arguments in {_show(e)}")
         (ca, ka), (cb, kb) = _linear(e[1], declared), _linear(e[2], declared)
         coefs, const = _add([(ca, ka), _scale((cb, kb), Fraction(-1))])
-        return [[(coefs, op, -const)]]
+        return [[(coefs, op, _check_size(-const, e))]]
     if op == "and":
         dnf: list[list[Atom]] = [[]]
         for a in e[1:]:
-            sub = _formula(a, declared)
-            dnf = [c + s for c in dnf for s in sub]
-            if len(dnf) > MAX_DISJUNCTS:
-                raise VnnlibError(f"the property expands to more than {MAX_DISJUNCTS} disjuncts")
+            dnf = _conjoin(dnf, _formula(a, declared))
         return dnf
     if op == "or":
         if len(e) < 2:
@@ -146,6 +216,13 @@ def _formula(e: SExpr, declared: set[str]) -> list[list[Atom]]:
             raise VnnlibError(f"the property expands to more than {MAX_DISJUNCTS} disjuncts")
         return out
     raise VnnlibError(f"unsupported operator {op!r} in {_show(e)}")
+
+
+def _conjoin(a: list[list[Atom]], b: list[list[Atom]]) -> list[list[Atom]]:
+    """The conjunction of two formulas in DNF, refused before it is built when too large."""
+    if len(a) * len(b) > MAX_DISJUNCTS:
+        raise VnnlibError(f"the property expands to more than {MAX_DISJUNCTS} disjuncts")
+    return [c + s for c in a for s in b]
 
 
 @dataclass
@@ -201,11 +278,7 @@ def parse_vnnlib(text: str, net: QNetwork) -> VnnlibProperty:
                     _input_bound(coefs, op, rhs, lo, hi)
             elif kinds == {"Y"}:
                 n_out_asserts += 1
-                out_dnf = [c + s for c in out_dnf for s in dnf]
-                if len(out_dnf) > MAX_DISJUNCTS:
-                    raise VnnlibError(
-                        f"the property expands to more than {MAX_DISJUNCTS} disjuncts"
-                    )
+                out_dnf = _conjoin(out_dnf, dnf)
             elif not kinds:
                 raise VnnlibError(f"assertion without variables: {_show(cmd)}")
             else:
@@ -232,22 +305,65 @@ def parse_vnnlib(text: str, net: QNetwork) -> VnnlibProperty:
             raise VnnlibError(f"the input box is empty at X_{i} ([{a}, {b}] in the input range)")
         box_lo.append(a)
         box_hi.append(b)
-    disjuncts = []
-    for conj in out_dnf:
-        rows = []
-        for coefs, op, rhs in conj:
+    shape = net.input_shape
+    lo_t = torch.tensor(box_lo, dtype=torch.int64).view(shape)
+    hi_t = torch.tensor(box_hi, dtype=torch.int64).view(shape)
+    zlo, zhi = net.int_bounds(lo_t.unsqueeze(0), hi_t.unsqueeze(0))[-1]
+    reach = list(zip(zlo[0].tolist(), zhi[0].tolist()))
+    rows: list[list[int]] = []
+    thresholds: list[int] = []
+    group: list[int] = []
+    for d, conj in enumerate(out_dnf):
+        for coefs, op, t in conj or [({}, ">=", Fraction(0))]:  # (and) with nothing: always true
             vec = [Fraction(0)] * k
             for v, coef in coefs.items():
                 vec[int(v[2:])] = coef
-            rows.append((vec, op, rhs))
-        disjuncts.append(rows)
-    spec = OutputSpec.from_rational(disjuncts, k)
-    shape = net.input_shape
-    return VnnlibProperty(
-        torch.tensor(box_lo, dtype=torch.int64).view(shape),
-        torch.tensor(box_hi, dtype=torch.int64).view(shape),
-        spec,
+            row, threshold = _integer_row(vec, op, t, reach)
+            rows.append(row)
+            thresholds.append(threshold)
+            group.append(d)
+    spec = OutputSpec(
+        torch.tensor(rows, dtype=torch.int64).view(len(rows), k),
+        torch.tensor(thresholds, dtype=torch.int64),
+        torch.tensor(group, dtype=torch.int64),
+        len(out_dnf),
     )
+    return VnnlibProperty(lo_t, hi_t, spec)
+
+
+def _integer_row(
+    coefs: list[Fraction], op: str, t: Fraction, reach: list[tuple[int, int]]
+) -> tuple[list[int], int]:
+    """``coefs · z  op  t`` (rational) as ``a · z >= b`` with integers ``a`` (no common factor)
+    and ``b``, for integer logits ``z`` with ``reach[j]`` the range of ``z_j`` on the input box.
+    Exact: ``a · z > s`` is ``a · z >= floor(s) + 1``; ``b`` is clamped to ``[L, U + 1]``, where
+    ``[L, U]`` is the range of ``a · z`` over ``reach`` (below ``L`` it always holds, above ``U``
+    never, as at ``L`` and ``U + 1``). Raises :class:`VnnlibError` beyond the limits."""
+    if op in ("<=", "<"):
+        coefs, t, op = [-c for c in coefs], -t, (">=" if op == "<=" else ">")
+    den = math.lcm(*(c.denominator for c in [*coefs, t]))
+    a = [int(c * den) for c in coefs]
+    s = t * den
+    b = -((-s.numerator) // s.denominator) if op == ">=" else s.numerator // s.denominator + 1
+    g = math.gcd(*a)
+    if g > 1:  # a · z is a multiple of g: a · z >= b iff (a/g) · z >= ceil(b/g)
+        a, b = [x // g for x in a], -((-b) // g)
+    low = sum(min(x * lo, x * hi) for x, (lo, hi) in zip(a, reach))
+    high = sum(max(x * lo, x * hi) for x, (lo, hi) in zip(a, reach))
+    b = min(max(b, low), high + 1)
+    big = max((abs(x) for x in a), default=0)
+    if big > MAX_COEF:
+        raise VnnlibError(
+            f"an output constraint needs an integer coefficient of about 2**{big.bit_length() - 1} "
+            f"once scaled to integers with no common factor; the limit is 2**40 (the ratio of its "
+            f"largest to its smallest coefficient, times their denominators, is too large)"
+        )
+    if abs(b) > MAX_THRESHOLD:
+        raise VnnlibError(
+            f"an output constraint's threshold is about 2**{abs(b).bit_length() - 1} once scaled "
+            f"to integers, within the logits' reach; the limit is 2**50"
+        )
+    return a, b
 
 
 def _input_bound(
@@ -263,7 +379,7 @@ def _input_bound(
     bound = rhs / a
     if bound.denominator != 1:
         raise VnnlibError(
-            f"input bound {float(bound)} of {v} is off the integer input grid "
+            f"input bound {_cut(str(bound))} of {v} is off the integer input grid "
             "(X values are integer input codes)"
         )
     upper = (op in ("<=", "<")) == (a > 0)
