@@ -26,6 +26,12 @@ channels-last for convolutions) accumulate in int32 and then either
   of the kernel), which one compiled pass adds up (with the residual part), corrects by the bias in
   int64, and requantizes (every rounding rule) or returns as the int64 logits.
 
+A 1×1 convolution with a stride and no padding runs on the unit-stride kernel, on every stride-th
+input row and column taken here: oneDNN's own strided 1×1 kernel (its reduce-to-unit-stride copy) is
+not exact with more than one thread (torch 2.13, oneDNN 3.12, AVX2: some outputs wrong now and then),
+a defect no static bound or build-time probe can rule out, since it depends on the thread count and
+on timing.
+
 Each layer is also checked on its own extreme inputs (all 0, all 255, and inputs matched to the
 weight signs) against int64 arithmetic, and the whole executor against the reference executor.
 """
@@ -88,11 +94,18 @@ def _finish(main, res, slot, corr, shift, mode, qmin, qmax, out):  # pragma: no 
 
 @dataclass(frozen=True)
 class _Geometry:
-    """A convolution's stride, padding and input shape C×H×W."""
+    """A convolution's stride, padding and input shape C×H×W as the kernel sees them; ``sample``
+    (a 1×1 convolution's stride, padding 0): the input rows and columns taken before the kernel."""
 
     stride: tuple[int, int]
     padding: tuple[int, int]
     in_shape: tuple[int, int, int]
+    sample: tuple[int, int] = (1, 1)
+
+    def take(self, x: torch.Tensor) -> torch.Tensor:
+        """The input the kernel reads: every ``sample``-th row and column of ``x`` (N×C×H×W)."""
+        sh, sw = self.sample
+        return x if (sh, sw) == (1, 1) else x[:, :, ::sh, ::sw]
 
 
 @dataclass
@@ -148,7 +161,7 @@ class OnednnStep:
         else:  # the values lie in [0, 255] by the static bounds
             x = (t.to(torch.int32) + t_offset).to(torch.uint8)
         if self.conv is not None:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = self.conv.take(x).contiguous(memory_format=torch.channels_last)
         else:
             x = x.contiguous()
         if self.fused_bias is not None:
@@ -198,7 +211,8 @@ def _pack(
 def _reference(x: torch.Tensor, w: torch.Tensor, conv: _Geometry | None) -> torch.Tensor:
     """The exact int64 product (no bias) of uint8 inputs ``x`` and the weight ``w``."""
     if conv is not None:
-        y = F.conv2d(x.to(torch.float64), w.to(torch.float64), None, conv.stride, conv.padding)
+        xs = conv.take(x).to(torch.float64)
+        y = F.conv2d(xs, w.to(torch.float64), None, conv.stride, conv.padding)
         return y.round().to(torch.int64)  # every partial sum < 2**53: exact
     return x.to(torch.int64) @ w.to(torch.int64).t()
 
@@ -250,6 +264,11 @@ def onednn_step(
             return None, "unbound convolution"
         c, h, wd = layer.in_shape
         conv = _Geometry(layer.stride, layer.padding, (c, h, wd))
+        if layer.kernel_size == (1, 1) and layer.padding == (0, 0) and layer.stride != (1, 1):
+            # oneDNN's strided 1×1 kernel (its reduce-to-unit-stride copy) is not exact with more
+            # than one thread (torch 2.13, oneDNN 3.12, AVX2: wrong outputs now and then): take
+            # the strided input rows and columns here and run the unit-stride kernel
+            conv = _Geometry((1, 1), (0, 0), (c, h, wd), layer.stride)
     kind = "conv" if conv is not None else "linear"
     oc = w.shape[0]
     flat = w.reshape(oc, -1)
