@@ -11,7 +11,14 @@ from qcert.errors import DataError, QcertError
 
 def test_datasets_tuple() -> None:
     assert isinstance(DATASETS, tuple)
-    assert set(DATASETS) == {"mnist", "digits", "mnist-idx", "fashion-mnist", "cifar10"}
+    assert set(DATASETS) == {
+        "mnist",
+        "digits",
+        "mnist-idx",
+        "fashion-mnist",
+        "cifar10",
+        "image-folder",
+    }
 
 
 def test_unknown_dataset_lists_known_names() -> None:

@@ -67,8 +67,10 @@ INT8_CNNS = replace(
 )
 
 
-def _check(net: QNetwork, seed: int, extreme: float, batch: int) -> Int8Executor:
-    ex = Int8Executor(net, probes=16)
+def _check(
+    net: QNetwork, seed: int, extreme: float, batch: int, onednn: bool = True
+) -> Int8Executor:
+    ex = Int8Executor(net, probes=16, onednn=onednn)
     g = torch.Generator().manual_seed(seed + 11)
     x = rand_codes(g, (batch, *net.input_shape), net.input_format, max(extreme, 0.3))
     lo, hi = net.input_range
@@ -79,20 +81,22 @@ def _check(net: QNetwork, seed: int, extreme: float, batch: int) -> Int8Executor
     assert got.dtype == torch.int64 and torch.equal(got, ref)
     if ex.input_offset is not None:
         assert torch.equal(ex.logits_offset((x - ex.input_offset).to(torch.int8)), ref)
+    if ex.input_dtype == torch.uint8:
+        assert torch.equal(ex.logits(x.to(torch.uint8)), ref)
     return ex
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=random_networks(INT8_MLPS), batch=st.integers(1, 9))
-def test_int8_mlps_match_the_reference(spec, batch) -> None:
-    _check(spec.network(), spec.seed, spec.extreme, batch)
+@given(spec=random_networks(INT8_MLPS), batch=st.integers(1, 9), onednn=st.booleans())
+def test_int8_mlps_match_the_reference(spec, batch, onednn) -> None:
+    _check(spec.network(), spec.seed, spec.extreme, batch, onednn)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=random_networks(INT8_CNNS), batch=st.integers(1, 6))
-def test_int8_cnns_match_the_reference(spec, batch) -> None:
+@given(spec=random_networks(INT8_CNNS), batch=st.integers(1, 6), onednn=st.booleans())
+def test_int8_cnns_match_the_reference(spec, batch, onednn) -> None:
     net = spec.network(skip_overflow=True)
-    ex = _check(net, spec.seed, spec.extreme, batch)
+    ex = _check(net, spec.seed, spec.extreme, batch, onednn)
     # at least the final linear layer, unless its fan-in is 1 (those run on the reference code)
     assert ex.fast_layers >= 1 or net.layers[-1].in_features == 1
 
@@ -106,8 +110,8 @@ def test_general_networks_match_the_reference(spec, batch) -> None:
 
 
 def test_fast_path_is_taken_for_an_8_bit_mlp() -> None:
-    ex = _check(digits_mlp(hidden=32), 0, 0.5, 64)
-    assert ex.fast_layers == 2 and ex.input_offset == 128
+    ex = _check(digits_mlp(hidden=32), 0, 0.5, 64, onednn=False)
+    assert ex.fast_layers == 2 and ex.input_offset == 128 and ex.onednn_layers == 0
     with pytest.raises(InputError):
         ex.logits_offset(torch.zeros(2, 1, 8, 8, dtype=torch.int64))
 
@@ -134,7 +138,7 @@ def test_a_saturating_kernel_is_split_or_avoided(monkeypatch, limit, parts) -> N
     small = torch.full((1, 6), -127, dtype=torch.int8)  # u8 value 1: no pair sum saturates
     assert torch.equal(saturating(small, weight.t()), real(small, weight.to(torch.int8).t()))
     monkeypatch.setattr(torch, "_int_mm", saturating)
-    ex = _check(net, 0, 0.5, 8)
+    ex = _check(net, 0, 0.5, 8, onednn=False)
     if parts is None:
         assert ex.fast_layers == 0 and "not exact" in ex.notes[0]
     else:

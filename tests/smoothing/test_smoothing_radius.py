@@ -216,6 +216,39 @@ def test_cohen_tradeoff_deficit_magnitude(sigma: float, m: int, k: int, deficit:
     assert ours <= float(worst)
 
 
+def test_cohen_tradeoff_deficit_maximum() -> None:
+    """docs/smoothing.md §2: the largest deficit for p <= 0.999 at sigma = 2 is 1.22e-2 (m = 6,
+    p = 0.99727, inside a segment of the worst-case polygon, not at a vertex)."""
+    p = 0.9972720270784038
+    worst = float(exact_worst_case_probability(p, (6,), 2.0))
+    cohen = float(special.ndtr(special.ndtri(p) - 6 / 2.0))
+    assert cohen - worst == pytest.approx(1.2205e-2, rel=1e-3)
+
+
+def test_cohen_radius_contradicted_at_extreme_p() -> None:
+    """docs/smoothing.md §4: Cohen's radius sigma * Phi^{-1}(p) is not sound for the sampled
+    table at extreme p (sigma = 8, d = 2), while the radius with sigma_eff is."""
+    p = 0.9999999999987702
+    v = (15, 54)
+    norm = math.hypot(*v)
+    assert 8.0 * float(special.ndtri(p)) == pytest.approx(56.0447, abs=1e-4)
+    assert 8.0 * float(special.ndtri(p)) >= norm
+    worst = WorstCaseCurve(v, 8.0).exact(p)
+    assert worst < Fraction(1, 2)
+    assert float(worst) == pytest.approx(0.49999815, abs=1e-8)
+    assert certified_radius(p, 8.0, 2) < norm
+
+
+def test_radius_does_not_grow_with_dimension() -> None:
+    """eta = d * tv_bound only lowers the radius; at sigma = 8, p = 0.999 it changes it by about
+    1e-8 (relative) from d = 1 to d = 150,528 (docs/smoothing.md §4)."""
+    for p in (0.6, 0.9, 0.999, 1 - 1e-9):
+        radii = [certified_radius(p, 8.0, d) for d in (1, 2, 784, 3072, 150_528)]
+        assert radii == sorted(radii, reverse=True)
+    r1, r2 = certified_radius(0.999, 8.0, 1), certified_radius(0.999, 8.0, 150_528)
+    assert 5e-9 < (r1 - r2) / r1 < 2e-8
+
+
 # ------------------------------------------------------------------ soundness of the radius
 
 

@@ -77,9 +77,16 @@ def add_ray_args(p: argparse.ArgumentParser) -> None:
 
 def add_dataset_args(p: argparse.ArgumentParser, split: bool = True) -> None:
     p.add_argument(
-        "--dataset", required=True, help="mnist, digits, mnist-idx, fashion-mnist, cifar10"
+        "--dataset",
+        required=True,
+        help="mnist, digits, mnist-idx, fashion-mnist, cifar10, image-folder",
     )
-    p.add_argument("--data-root", default=None, help="folder with the dataset files (IDX, CIFAR)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder with the dataset files (IDX, CIFAR; image-folder: ROOT/split/class/*.png|jpg, "
+        "resized and center-cropped to the model's input size)",
+    )
     if split:
         p.add_argument("--split", default="test", choices=["train", "test"])
 
@@ -88,7 +95,13 @@ def load_dataset_for(net: Any, name: str, split: str, root: str | None, n: int |
     """Load a dataset and check its image shape against the network's input shape."""
     from qcert.data import load
 
-    ds = load(name, split, root=root, n=n)
+    shape_in = tuple(net.input_shape)
+    if name == "image-folder" and len(shape_in) == 3 and shape_in[0] in (1, 3):
+        ds = load(
+            name, split, root=root, n=n, size=(shape_in[1], shape_in[2]), channels=shape_in[0]
+        )
+    else:
+        ds = load(name, split, root=root, n=n)
     shape = tuple(ds.images.shape[1:])
     if shape != tuple(net.input_shape) and (math.prod(shape),) != tuple(net.input_shape):
         raise InputError(

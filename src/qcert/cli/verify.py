@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="path to a .qnn file")
     p.add_argument(
-        "--dataset", default=None, help="mnist, digits, mnist-idx, fashion-mnist, cifar10"
+        "--dataset",
+        default=None,
+        help="mnist, digits, mnist-idx, fashion-mnist, cifar10, image-folder",
     )
     p.add_argument("--data-root", default=None, help="folder with the dataset files (IDX, CIFAR)")
     p.add_argument("--split", default="test", choices=["train", "test"])

@@ -11,12 +11,20 @@ from qcert.data.cifar import load_cifar10_arrays
 from qcert.data.dataset import IntDataset
 from qcert.data.digits import load_digits_arrays
 from qcert.data.idx import load_idx_dataset
+from qcert.data.imagefolder import load_image_folder_arrays
 from qcert.data.mnist import load_mnist_arrays
 from qcert.errors import DataError
 
 __all__ = ["DATASETS", "SPLITS", "check_dataset", "load"]
 
-DATASETS: tuple[str, ...] = ("mnist", "digits", "mnist-idx", "fashion-mnist", "cifar10")
+DATASETS: tuple[str, ...] = (
+    "mnist",
+    "digits",
+    "mnist-idx",
+    "fashion-mnist",
+    "cifar10",
+    "image-folder",
+)
 """Names accepted by :func:`load`."""
 
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -48,15 +56,21 @@ def load(
     split: str = "test",
     root: str | os.PathLike[str] | None = None,
     n: int | None = None,
+    size: tuple[int, int] | int | None = None,
+    channels: int = 3,
 ) -> IntDataset:
     """Load a dataset split as integer tensors.
 
     Args:
         name: One of :data:`DATASETS`.
         split: ``"train"`` or ``"test"``.
-        root: Directory with the files, required for ``mnist-idx``, ``fashion-mnist`` and
-            ``cifar10``; ignored by ``mnist`` and ``digits`` (bundled with installed packages).
+        root: Directory with the files, required for ``mnist-idx``, ``fashion-mnist``,
+            ``cifar10`` and ``image-folder``; ignored by ``mnist`` and ``digits`` (bundled with
+            installed packages).
         n: Keep only the first ``n`` samples (all of them if the split is smaller).
+        size: ``image-folder`` only (required there): the images' ``(H, W)`` after the resize
+            and center crop (:mod:`qcert.data.imagefolder`).
+        channels: ``image-folder`` only: 3 (RGB) or 1 (grayscale).
 
     Returns:
         An :class:`IntDataset` with ``uint8`` images ``N×C×H×W`` and ``int64`` labels.
@@ -79,8 +93,10 @@ def load(
     elif name in ("mnist-idx", "fashion-mnist"):
         images, labels = load_idx_dataset(root, split, name)
         classes = list(FASHION_MNIST_CLASSES if name == "fashion-mnist" else DIGIT_CLASSES)
-    else:
+    elif name == "cifar10":
         images, labels, classes = load_cifar10_arrays(root, split)
+    else:
+        images, labels, classes = load_image_folder_arrays(root, split, size, channels, n)
 
     if n is not None:
         images, labels = images[:n], labels[:n]

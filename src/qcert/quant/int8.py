@@ -1,5 +1,9 @@
-"""A fast exact executor: torch's int8 matrix product with int32 accumulation.
+"""A fast exact executor: oneDNN's direct u8 × s8 kernels and torch's int8 matrix product, int32
+accumulation.
 
+A layer whose exactness :mod:`qcert.quant.onednn` proves at build time (inputs in ``[0, 255]``,
+accumulators below ``2**24``, no int16 pair saturation) runs there: a direct convolution or product
+with the requantization fused in the kernel (``onednn=False`` turns this off). Otherwise:
 For each :class:`QLinear` or :class:`QConv2d` whose integer weights fit int8 and whose input takes
 at most 256 values (by the static interval bounds over the whole input range; for a padded
 convolution the padding's 0 counts as a value), the product is computed as
@@ -45,6 +49,7 @@ from qcert.quant.executor import check_executor
 from qcert.quant.format import Rounding
 from qcert.quant.layers import QConv2d, QFlatten, QLayer, QLinear, QRequant
 from qcert.quant.network import QNetwork
+from qcert.quant.onednn import OnednnStep, onednn_step
 
 __all__ = ["Int8Executor", "int8_available"]
 
@@ -190,7 +195,7 @@ class Int8Executor:
     not ``None``), which saves a conversion for callers that build inputs themselves.
     """
 
-    def __init__(self, net: QNetwork, probes: int = 256) -> None:
+    def __init__(self, net: QNetwork, probes: int = 256, onednn: bool = True) -> None:
         if not int8_available():
             raise QcertError("this torch build has no int8 matrix product (torch._int_mm)")
         self.net = net
@@ -200,15 +205,17 @@ class Int8Executor:
         out_bounds = [(int(lo.min()), int(hi.max())) for lo, hi in bounds]
         in_bounds = [(lo_v, hi_v), *out_bounds[:-1]]
         layers = list(net.layers)
-        self._steps: list[_Linear | _FlattenChannelLast | QLayer] = []
+        self._steps: list[_Linear | OnednnStep | _FlattenChannelLast | QLayer] = []
         self.fast_layers = 0
+        #: layers on oneDNN's direct u8 × s8 kernels (:mod:`qcert.quant.onednn`)
+        self.onednn_layers = 0
         #: why layers that could have been fast were not (an inexact int8 kernel)
         self.notes: list[str] = []
         i = 0
         while i < len(layers):
             layer = layers[i]
             fused = layers[i + 1] if i + 1 < len(layers) else None
-            step = None
+            step: _Linear | OnednnStep | None = None
             if isinstance(layer, QLinear | QConv2d):
                 requant = fused if isinstance(fused, QRequant) else None
                 # after a convolution's channel-last output and a flatten, a linear layer can take
@@ -216,13 +223,16 @@ class Int8Executor:
                 cl = (
                     len(self._steps) >= 2
                     and isinstance(self._steps[-1], QFlatten)
-                    and isinstance(self._steps[-2], _Linear)
+                    and isinstance(self._steps[-2], _Linear | OnednnStep)
                     and self._steps[-2].conv is not None
                     and isinstance(layer, QLinear)
                 )
                 prev = self._steps[-1] if self._steps else None
                 chw = prev.in_shape if cl and isinstance(prev, QFlatten) else None
-                step = self._linear(layer, in_bounds[i], out_bounds[i], requant, chw)
+                if onednn:
+                    step = self._onednn(layer, in_bounds[i], requant, chw)
+                if step is None:
+                    step = self._linear(layer, in_bounds[i], out_bounds[i], requant, chw)
                 if step is not None and cl:
                     self._steps[-1] = _FlattenChannelLast()
             if step is not None:
@@ -240,9 +250,38 @@ class Int8Executor:
             if isinstance(done, _Linear) and done.requant is not None and isinstance(nxt, _Linear):
                 done.out_offset, done.out_int8 = nxt.offset, True
         self.input_offset = lo_v + 128 if hi_v - lo_v <= 255 else None
+        #: the input type the first layer takes without a conversion: uint8 values ``q`` for
+        #: :meth:`logits` (a oneDNN first layer) or int8 ``q − input_offset`` for
+        #: :meth:`logits_offset`; ``None`` when the inputs take more than 256 values
+        self.input_dtype: torch.dtype | None = None
+        if self.input_offset is not None:
+            first = next((s for s in self._steps if not isinstance(s, QFlatten)), None)
+            u8 = isinstance(first, OnednnStep) and 0 <= lo_v and hi_v <= 255
+            self.input_dtype = torch.uint8 if u8 else torch.int8
         check_executor(self, net, probes, "the int8 executor")
 
     # ------------------------------------------------------------------ construction
+    def _onednn(
+        self,
+        layer: QLinear | QConv2d,
+        in_bound: tuple[int, int],
+        requant: QRequant | None,
+        channel_last: tuple[int, ...] | None,
+    ) -> OnednnStep | None:
+        w = layer.int_weight()
+        if channel_last is not None:  # input flattened from (H, W, C) memory: reorder the columns
+            c, h, wd = channel_last
+            w = w.view(w.shape[0], c, h, wd).permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+        lo, hi = in_bound
+        if isinstance(layer, QConv2d) and any(layer.padding):
+            lo, hi = min(lo, 0), max(hi, 0)
+        step, why = onednn_step(layer, w, (lo, hi), requant)
+        if step is None:
+            self.notes.append(f"{layer!r}: oneDNN not used ({why})")
+            return None
+        self.onednn_layers += 1
+        return step
+
     def _linear(
         self,
         layer: QLinear | QConv2d,
@@ -322,7 +361,7 @@ class Int8Executor:
 
     def _run(self, t: torch.Tensor, offset: int) -> torch.Tensor:
         for step in self._steps:
-            if isinstance(step, _Linear):
+            if isinstance(step, _Linear | OnednnStep):
                 t, offset = step(t, offset)
             elif isinstance(step, QFlatten):
                 t = t.reshape(t.shape[0], -1)

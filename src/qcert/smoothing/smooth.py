@@ -157,13 +157,16 @@ class IntegerSmoothing(_Smoothing):
         super().__init__(net, sigma, batch)
         self.noise = DiscreteGaussian(self.sigma_levels)
         self.offset = 0
-        self.noisy_dtype: type[np.signedinteger[Any]] = np.int64
+        self.noisy_dtype: type[np.integer[Any]] = np.int64
         logits_of_noisy: Callable[[torch.Tensor], torch.Tensor] | None = None
         if logits_fn is None:
             ex = make_executor(net, executor)
             logits_fn = ex.logits
             offset = getattr(ex, "input_offset", None)
-            if offset is not None:  # the int8 executor takes int8 inputs q − offset directly
+            if getattr(ex, "input_dtype", None) == torch.uint8:  # a oneDNN first layer: uint8 q
+                self.noisy_dtype = np.uint8
+                logits_of_noisy = ex.logits
+            elif offset is not None:  # the int8 executor takes int8 inputs q − offset directly
                 self.offset, self.noisy_dtype = offset, np.int8
                 logits_of_noisy = ex.logits_offset  # type: ignore[attr-defined]
         self.logits_fn = logits_fn
@@ -177,7 +180,8 @@ class IntegerSmoothing(_Smoothing):
         return noise_stream(seed, idx, stage)
 
     def noisy(self, x: torch.Tensor, k: int, g: NoiseStream) -> torch.Tensor:
-        """``clamp(x + δ) − offset`` (int8 for the int8 executor, else int64 with offset 0)."""
+        """``clamp(x + δ) − offset`` (uint8 or int8 for the int8 executor, else int64 with offset
+        0)."""
         from qcert.smoothing.kernels import noisy_rows
 
         lo, hi = self.net.input_range
