@@ -48,6 +48,20 @@ def int8_model(model: nn.Module, calib: torch.Tensor) -> QNetwork:
     return from_float(model.eval(), calib, bits=8)
 
 
+def train_for(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, seconds: float) -> nn.Module:
+    """``model`` trained on ``(x, labels)`` with Adam (lr 1e-3, batches of 128 drawn at random)
+    for ``seconds`` of wall-clock time; returned in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        idx = torch.randint(0, x.shape[0], (128,))
+        loss = nn.functional.cross_entropy(model(x[idx]), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
 def int_options(doc: str | None, **defaults: int) -> argparse.Namespace:
     """The command line of a benchmark whose options are all integers: ``--name N``, with the
     given defaults."""

@@ -23,6 +23,7 @@ import sys
 import time
 
 import torch
+from bench_common import train_for
 from torch import nn
 
 from qcert.bounds import eps_box
@@ -56,15 +57,8 @@ def train(arch: str, seconds: float) -> QNetwork:
             nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
             nn.Linear(64, 10),
         )  # fmt: skip
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        idx = torch.randint(0, x.shape[0], (128,))
-        loss = nn.functional.cross_entropy(model(x[idx]), ds.labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return from_float(model.eval(), ds.images[:1000].reshape(-1, 1, 28, 28), bits=8)
+    train_for(model, x, ds.labels, seconds)
+    return from_float(model, ds.images[:1000].reshape(-1, 1, 28, 28), bits=8)
 
 
 def pass_seconds(

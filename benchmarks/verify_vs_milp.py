@@ -19,6 +19,7 @@ import sys
 import time
 
 import torch
+from bench_common import train_for
 from torch import nn
 
 from qcert.bounds import eps_box
@@ -33,14 +34,7 @@ def train_mlp(seconds: float, hidden: int) -> QNetwork:
     ds = load("mnist", "train", n=20000)
     x = ds.images.reshape(-1, 784).float() / 255
     model = nn.Sequential(nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        idx = torch.randint(0, x.shape[0], (128,))
-        loss = nn.functional.cross_entropy(model(x[idx]), ds.labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_for(model, x, ds.labels, seconds)
     return from_float(model, ds.images[:1000].reshape(-1, 784), bits=8)
 
 

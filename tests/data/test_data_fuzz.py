@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import byte_edits, mutate
 
 from qcert.data.cifar import _read_batch
 from qcert.data.idx import read_idx
@@ -26,24 +27,7 @@ FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
-edits = st.lists(
-    st.tuples(st.integers(0, 10_000), st.integers(0, 255), st.sampled_from(["set", "cut", "add"])),
-    min_size=1,
-    max_size=4,
-)
-
-
-def mutate(raw: bytes, changes: list[tuple[int, int, str]]) -> bytes:
-    b = bytearray(raw)
-    for pos, value, how in changes:
-        k = pos % (len(b) + 1)
-        if how == "set" and k < len(b):
-            b[k] = value
-        elif how == "cut":
-            del b[k:]
-        else:
-            b[k:k] = bytes([value])
-    return bytes(b)
+edits = byte_edits(10_000, 4)
 
 
 @FUZZ

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mutations import byte_edits, mutate
 from qnets import digits_mlp
 from safetensors.numpy import save as st_save
 
@@ -49,24 +50,9 @@ def check(raw: bytes) -> None:
 
 
 @FUZZ
-@given(
-    st.lists(
-        st.tuples(st.integers(0, len(RAW)), st.integers(0, 255), st.sampled_from("sca")),
-        min_size=1,
-        max_size=5,
-    )
-)
+@given(byte_edits(len(RAW), 5))
 def test_byte_mutations(changes) -> None:
-    b = bytearray(RAW)
-    for pos, value, how in changes:
-        k = pos % (len(b) + 1)
-        if how == "s" and k < len(b):
-            b[k] = value
-        elif how == "c":
-            del b[k:]
-        else:
-            b[k:k] = bytes([value])
-    check(bytes(b))
+    check(mutate(RAW, changes))
 
 
 def _paths(obj, prefix=()):
