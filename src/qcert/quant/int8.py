@@ -46,33 +46,23 @@ from numba import njit, prange
 
 from qcert.errors import InputError, QcertError
 from qcert.quant.executor import check_executor
-from qcert.quant.format import Rounding
 from qcert.quant.layers import QConv2d, QFlatten, QLayer, QLinear, QRequant
 from qcert.quant.network import QNetwork
-from qcert.quant.onednn import OnednnStep, onednn_step
+from qcert.quant.onednn import ROUNDING_CODE, OnednnStep, onednn_step, round_shift
 
 __all__ = ["Int8Executor", "int8_available"]
 
 _MAX_FAN_IN = (2**31 - 1) // (128 * 128)
-_ROUNDING_CODE = {Rounding.FLOOR: 0, Rounding.HALF_UP: 1, Rounding.HALF_EVEN: 2}
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _requant(acc, corr, shift, mode, qmin, qmax, out_offset, out):  # pragma: no cover - compiled
     # out = clamp(round((acc + corr) / 2**shift), qmin, qmax) − out_offset, in int64 arithmetic
     m, c = acc.shape
-    half = np.int64(1) << (shift - 1)
     for r in prange(m):
         for k in range(c):
             v = np.int64(acc[r, k]) + corr[k]
-            q = v >> shift
-            if mode == 1:
-                q = (v + half) >> shift
-            elif mode == 2:
-                rem = v - (q << shift)
-                if rem > half or (rem == half and (q & 1) == 1):
-                    q += 1
-            out[r, k] = min(max(q, qmin), qmax) - out_offset
+            out[r, k] = min(max(round_shift(v, shift, mode), qmin), qmax) - out_offset
 
 
 def int8_available() -> bool:
@@ -169,7 +159,7 @@ class _Linear:
         else:
             fmt = self.requant.format
             out = torch.empty(acc.shape, dtype=torch.int8 if self.out_int8 else torch.int32)
-            code = _ROUNDING_CODE[self.requant.rounding]
+            code = ROUNDING_CODE[self.requant.rounding]
             _requant(
                 acc.numpy(), self.correction.numpy(), self.shift, code, fmt.qmin, fmt.qmax,
                 self.out_offset, out.numpy(),

@@ -46,12 +46,28 @@ import torch
 import torch.nn.functional as F
 from numba import njit, prange
 
+from qcert.quant.format import Rounding
 from qcert.quant.layers import QConv2d, QLinear, QRequant
 
 __all__ = ["OnednnStep", "onednn_available", "onednn_step"]
 
 _F32_EXACT = 2**24
-_ROUNDING = {"floor": 0, "half_up": 1, "half_even": 2}
+#: the rounding rules as the compiled kernels' ``mode`` codes
+ROUNDING_CODE = {Rounding.FLOOR: 0, Rounding.HALF_UP: 1, Rounding.HALF_EVEN: 2}
+
+
+@njit(inline="always", cache=True)
+def round_shift(v, shift, mode):  # pragma: no cover - compiled
+    # the rounding rule ``mode`` (ROUNDING_CODE) of v / 2**shift, shift >= 1, in int64 arithmetic
+    q = v >> shift
+    half = np.int64(1) << (shift - 1)
+    if mode == 1:
+        q = (v + half) >> shift
+    elif mode == 2:
+        rem = v - (q << shift)
+        if rem > half or (rem == half and (q & 1) == 1):
+            q += 1
+    return q
 
 
 def onednn_available() -> bool:
@@ -73,7 +89,6 @@ def _finish(main, res, slot, corr, shift, mode, qmin, qmax, out):  # pragma: no 
     # v = main + res[:, slot] (where slot ≥ 0) + corr in int64; out = requant(v) (mode ≥ 0: the
     # rounding rule) or v (mode −1)
     m, c = main.shape
-    half = np.int64(1) << max(shift - 1, 0)
     for r in prange(m):
         for k in range(c):
             v = np.int64(main[r, k]) + corr[k]
@@ -82,14 +97,7 @@ def _finish(main, res, slot, corr, shift, mode, qmin, qmax, out):  # pragma: no 
             if mode < 0:
                 out[r, k] = v
                 continue
-            q = v >> shift
-            if mode == 1:
-                q = (v + half) >> shift
-            elif mode == 2:
-                rem = v - (q << shift)
-                if rem > half or (rem == half and (q & 1) == 1):
-                    q += 1
-            out[r, k] = min(max(q, qmin), qmax)
+            out[r, k] = min(max(round_shift(v, shift, mode), qmin), qmax)
 
 
 @dataclass(frozen=True)
@@ -181,7 +189,7 @@ class OnednnStep:
             fmt = self.requant.format
             small = fmt.qmin >= 0 and fmt.qmax <= 255
             out = torch.empty(m2.shape, dtype=torch.uint8 if small else torch.int32)
-            mode, qmin, qmax = _ROUNDING[self.requant.rounding.value], fmt.qmin, fmt.qmax
+            mode, qmin, qmax = ROUNDING_CODE[self.requant.rounding], fmt.qmin, fmt.qmax
         _finish(
             m2.numpy(), r2.contiguous().numpy(), self.slot, self.correction.numpy(), self.shift,
             mode, qmin, qmax, out.numpy(),
