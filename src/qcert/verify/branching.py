@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from qcert.verify.linear import F64
+from qcert.verify.linear import F64, narrow, range_rows
 from qcert.verify.optimize import Bounds, LinearBab, Params, floor_int
 
 
@@ -126,15 +126,10 @@ def refine_children(
             if deadline is not None and time.monotonic() > deadline:
                 break
             e = min(nb, s + step)
-            eye = torch.eye(n, dtype=F64)[units].unsqueeze(0).expand(e - s, m, n)
-            C = torch.cat([eye, -eye], dim=1)
             part = [(bl[s:e], bu[s:e]) for bl, bu in bounds[:k]]
+            C = range_rows(n, units, e - s)
             val, err, _ = lb.backward(k, C, lo.expand(e - s, -1), hi.expand(e - s, -1), part)
-            ubv = floor_int(val[:, :m] + err[:, :m])
-            lbv = -floor_int(val[:, m:] + err[:, m:])
-            nl = torch.maximum(l[s:e, units], lbv)
-            nu = torch.minimum(u[s:e, units], ubv)
-            l[s:e, units], u[s:e, units] = torch.minimum(nl, nu), nu
+            l[s:e], u[s:e] = narrow(l[s:e], u[s:e], units, floor_int(val + err))
         bounds[k] = (l, u)
     return bounds
 

@@ -459,17 +459,30 @@ class LinearBounds:
             n = self.units[k].size
             if n > max_units:
                 continue
-            bsz = lo.shape[0]
-            eye = torch.eye(n, dtype=F64).unsqueeze(0).expand(bsz, n, n)
-            C = torch.cat([eye, -eye], dim=1)
-            val, err, _ = self.backward(k, C, lo, hi, bounds[:k])
-            ub = torch.floor(val[:, :n] + err[:, :n])
-            lb = torch.ceil(-(val[:, n:] + err[:, n:]))
-            l, u = bounds[k]
-            nl = torch.maximum(l, _to_int(lb, l))
-            nu = torch.minimum(u, _to_int(ub, u))
-            bounds[k] = (torch.minimum(nl, nu), nu)
+            units = torch.arange(n)
+            val, err, _ = self.backward(k, range_rows(n, units, lo.shape[0]), lo, hi, bounds[:k])
+            bounds[k] = narrow(*bounds[k], units, _to_int(torch.floor(val + err), val))
         return bounds
+
+
+def range_rows(n: int, units: torch.Tensor, batch: int) -> torch.Tensor:
+    """The rows ``+z_i`` then ``-z_i`` for ``i`` in ``units`` of a layer of ``n`` accumulators
+    (float64 batch×2m×n): their upper bounds are the units' upper and negated lower bounds."""
+    eye = torch.eye(n, dtype=F64)[units].unsqueeze(0).expand(batch, -1, -1)
+    return torch.cat([eye, -eye], dim=1)
+
+
+def narrow(
+    l: torch.Tensor, u: torch.Tensor, units: torch.Tensor, ub: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ranges ``[l, u]`` (int64 B×n) intersected, on ``units``, with the integer upper
+    bounds ``ub`` (B×2m) of :func:`range_rows`; an empty intersection (no point of the
+    subproblem reaches the unit) keeps ``l <= u`` by lowering ``l``."""
+    m = int(units.numel())
+    nl, nu = l.clone(), u.clone()
+    nu[:, units] = torch.minimum(u[:, units], ub[:, :m])
+    nl[:, units] = torch.maximum(l[:, units], -ub[:, m:])
+    return torch.minimum(nl, nu), nu
 
 
 def _extreme(zs: torch.Tensor, ys: torch.Tensor, a: torch.Tensor, top: bool) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 from qcert.errors import InputError
 from qcert.quant.network import QNetwork
 from qcert.verify.bab import check_counts
-from qcert.verify.linear import F32, F64, LinearBounds
+from qcert.verify.linear import F32, F64, LinearBounds, narrow, range_rows
 
 Bounds = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -124,16 +124,18 @@ class LinearBab:
         self.output_units = bool(self.lb.units) and not self.lb.segments[-1]
 
     # ------------------------------------------------------------------ bounding
+    def _chord_scale(self, k: int, l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Unit layer ``k`` over ``[l, u]`` (B×n): the chord of the exact staircase and the slope
+        scale ``max(chord, 2^-s)``."""
+        unit = self.lb.units[k]
+        yl, yu = unit.layer.integer(l).to(F64), unit.layer.integer(u).to(F64)
+        w = (u - l).to(F64)
+        chord = torch.where(w > 0, (yu - yl) / w.clamp(min=1.0), torch.zeros_like(yl))
+        return chord, torch.maximum(chord, torch.full_like(chord, unit.scale))
+
     def _scales(self, bounds: Bounds) -> list[torch.Tensor]:
         """Per unit layer (B×1×n): the slope scale ``max(chord, 2^-s)``."""
-        out = []
-        for k, (l, u) in enumerate(bounds):
-            unit = self.lb.units[k]
-            yl, yu = unit.layer.integer(l).to(F64), unit.layer.integer(u).to(F64)
-            w = (u - l).to(F64)
-            chord = torch.where(w > 0, (yu - yl) / w.clamp(min=1.0), torch.zeros_like(yl))
-            out.append(torch.maximum(chord, torch.full_like(chord, unit.scale)).unsqueeze(1))
-        return out
+        return [self._chord_scale(k, l, u)[1].unsqueeze(1) for k, (l, u) in enumerate(bounds)]
 
     def optimize_intermediate(
         self,
@@ -154,35 +156,25 @@ class LinearBab:
             if n > max_units or (deadline is not None and time.monotonic() > deadline):
                 continue
             l, u = bounds[k]
-            open_ = (l < u) & (
-                self.lb.units[k].layer.integer(l) != self.lb.units[k].layer.integer(u)
-            )
-            units = open_[0].nonzero().squeeze(1)
+            layer = self.lb.units[k].layer
+            units = (layer.integer(l) != layer.integer(u))[0].nonzero().squeeze(1)
             m = int(units.numel())
             if not m:
                 continue
-            eye = torch.eye(n, dtype=F64)[units].unsqueeze(0)
-            C = torch.cat([eye, -eye], dim=1)
             params = self.init_params(bounds[:k], 2 * m)
             with torch.enable_grad():
                 ub, _, _, _ = self.bound(
-                    C, lo, hi, bounds, params, iters, deadline=deadline, target=k
-                )
-            nl, nu = l.clone(), u.clone()
-            nu[:, units] = torch.minimum(u[:, units], ub[:, :m])
-            nl[:, units] = torch.maximum(l[:, units], -ub[:, m:])
-            bounds[k] = (torch.minimum(nl, nu), nu)
+                    range_rows(n, units, 1), lo, hi, bounds, params, iters, deadline=deadline,
+                    target=k,
+                )  # fmt: skip
+            bounds[k] = narrow(l, u, units, ub)
         return bounds
 
     def init_params(self, bounds: Bounds, rows: int) -> Params:
         slopes, betas = [], []
         for k, (l, u) in enumerate(bounds):
-            unit = self.lb.units[k]
-            yl, yu = unit.layer.integer(l).to(F64), unit.layer.integer(u).to(F64)
-            w = (u - l).to(F64)
-            chord = torch.where(w > 0, (yu - yl) / w.clamp(min=1.0), torch.zeros_like(yl))
-            frac = chord / torch.maximum(chord, torch.full_like(chord, unit.scale))
-            f = frac.unsqueeze(1).expand(-1, rows, -1).clone()
+            chord, scale = self._chord_scale(k, l, u)
+            f = (chord / scale).unsqueeze(1).expand(-1, rows, -1).clone()
             slopes.append([f, f.clone()])
             z = torch.zeros_like(f)
             betas.append([z, z.clone()])
