@@ -316,8 +316,9 @@ class LinearBounds:
         - [v odd]``), also under saturation since ``f(z) >= v`` iff the rounded value is ``>= v``
         for ``qmin < v <= qmax``. So ``v - a T(v)`` (and ``v - 1 - a (T(v) - 1)``) is affine in
         ``v`` within each parity class and peaks at the class's extreme values: ``f(l) + 1``,
-        ``f(l) + 2``, ``f(u) - 1``, ``f(u)``. Points outside ``[l, u]`` are clipped into it, which
-        keeps them valid points."""
+        ``f(l) + 2``, ``f(u) - 1``, ``f(u)``; with a constant ``c`` (half up, floor) there is one
+        class, and ``f(l) + 1``, ``f(u)`` suffice (6 points, not 10). Points outside ``[l, u]``
+        are clipped into it, which keeps them valid points."""
         unit = self.units[k]
         layer = unit.layer
         assert layer.in_frac is not None
@@ -327,7 +328,12 @@ class LinearBounds:
         fl, fu = layer.integer(l), layer.integer(u)
         half = 1 << (shift - 1)
         zs = [l, u]
-        for v in (fl + 1, fl + 2, fu - 1, fu):
+        ends = (
+            (fl + 1, fu)
+            if layer.rounding is not Rounding.HALF_EVEN
+            else (fl + 1, fl + 2, fu - 1, fu)
+        )
+        for v in ends:
             t = v * (1 << shift)
             if layer.rounding is Rounding.HALF_UP:
                 t = t - half
@@ -501,15 +507,24 @@ def _extreme(zs: torch.Tensor, ys: torch.Tensor, a: torch.Tensor, top: bool) -> 
             half = None
     if half is not None:
         zs, ys = zs[half::2], ys[half::2]
+    # one point at a time: a reduction over the short leading axis (or an argmax and gathers)
+    # costs several times more than these elementwise passes
     if not a.requires_grad:
-        v = ys - a.unsqueeze(0) * zs
-        return v.amax(0) if top else v.amin(0)
+        best = ys[0] - a * zs[0]
+        for p in range(1, zs.shape[0]):
+            v = ys[p] - a * zs[p]
+            best = torch.maximum(best, v) if top else torch.minimum(best, v)
+        return best
     with torch.no_grad():
-        v = ys - a.detach().unsqueeze(0) * zs
-        shape = v.shape
-        idx = (v.argmax(0) if top else v.argmin(0)).unsqueeze(0)
-        z = zs.expand(shape).gather(0, idx).squeeze(0)
-        y = ys.expand(shape).gather(0, idx).squeeze(0)
+        ad = a.detach()
+        z, y = zs[0].expand_as(ad), ys[0].expand_as(ad)
+        best = y - ad * z
+        for p in range(1, zs.shape[0]):
+            v = ys[p] - ad * zs[p]
+            better = v > best if top else v < best
+            best = torch.where(better, v, best)
+            z = torch.where(better, zs[p], z)
+            y = torch.where(better, ys[p], y)
     return y - a * z
 
 
