@@ -239,6 +239,12 @@ NO_ATTACK = LinearBabOptions(attack_steps=0, root_iters=2, iters=2, batch=4, inp
 NO_ATTACK_F64 = LinearBabOptions(
     attack_steps=0, root_iters=2, iters=2, batch=4, input_split_dims=0, opt_dtype="float64"
 )
+NO_ATTACK_GAIN = LinearBabOptions(
+    attack_steps=0, root_iters=2, iters=2, batch=4, input_split_dims=0, branching="gain"
+)
+NO_ATTACK_MIXED = LinearBabOptions(
+    attack_steps=0, root_iters=2, iters=2, batch=4, input_split_dims=0, branching="mixed"
+)
 
 
 def _search_matches_enumeration(seed: int) -> None:
@@ -248,7 +254,8 @@ def _search_matches_enumeration(seed: int) -> None:
             continue
         lo, hi = eps_box(net, x[None], eps)
         spec = OutputSpec.robustness(label, net.num_classes)
-        all_options = (NO_ATTACK, NO_ATTACK_F64, LinearBabOptions(input_split_dims=0))
+        all_options = (NO_ATTACK, NO_ATTACK_F64, NO_ATTACK_GAIN, NO_ATTACK_MIXED)
+        all_options = (*all_options, LinearBabOptions(input_split_dims=0))
         for options in (*all_options, LinearBabOptions()):
             res = linear_bab_search(net, lo, hi, spec, timeout=60, options=options)
             assert res.status == ("safe" if truth == "robust" else "unsafe"), (seed, q, res)
@@ -305,6 +312,8 @@ def test_opt_dtype_is_validated() -> None:
     assert LinearBabOptions().opt_dtype == "float32"
     with pytest.raises(InputError, match="opt_dtype"):
         LinearBabOptions(opt_dtype="float16")
+    with pytest.raises(InputError, match="branching"):
+        LinearBabOptions(branching="fsb")
 
 
 @pytest.mark.parametrize("seed", range(16))

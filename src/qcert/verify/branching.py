@@ -33,16 +33,47 @@ def corners(lam_in: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.T
     return torch.where(lam_in > 0, hi.reshape(1, 1, n), lo.reshape(1, 1, n)).reshape(b * r, n)
 
 
-def scores(search: LinearBab, bounds: Bounds, lams: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per unit layer (B×n): ``Σ_rows |λ|`` times the gap of the unit's relaxation; 0 where the
-    unit's value is fixed, -1 where it is fixed and cannot be split."""
+def _gap(search: LinearBab, k: int, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The vertical gap of unit layer ``k``'s chord relaxation over ``[l, u]`` (B×n)."""
+    a_up, b_up, a_lo, b_lo = search.lb.relax(k, l, u)
+    lf, uf = l.to(F64), u.to(F64)
+    return torch.maximum((a_up - a_lo) * lf + b_up - b_lo, (a_up - a_lo) * uf + b_up - b_lo)
+
+
+def threshold(layer, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """Where a unit with range ``[l, u]`` (not fixed) is split: ``z <= t`` | ``z >= t + 1``, with
+    ``t`` where the staircase leaves its bottom step (if its range starts there), else its top
+    step (if it ends there), else at its middle step."""
+    yl, yu = layer.integer(l), layer.integer(u)
+    fmt = layer.format
+    v = torch.div(yl + yu - 1, 2, rounding_mode="floor")  # the middle step
+    v = torch.where(yl == fmt.qmin, yl, v)  # leave the bottom step first
+    v = torch.where((yl > fmt.qmin) & (yu == fmt.qmax), yu - 1, v)  # else the top one
+    return largest_at_most(layer, l, u, v)
+
+
+def scores(
+    search: LinearBab, bounds: Bounds, lams: list[torch.Tensor], gain: bool = True
+) -> list[torch.Tensor]:
+    """Per unit layer (B×n): ``Σ_rows |λ|`` times what a split removes of the unit's
+    relaxation gap (``gain``: the parent's gap less the mean of the children's, plus 0.3 of the
+    parent's gap) or the parent's gap itself (``babsr``); -1 where
+    the unit is fixed and cannot be split.
+
+    Why the gain: far from its clamps a staircase of many steps is a line plus a rounding band
+    one step wide, whose relaxation gap a split in the middle leaves as it is (each child is
+    again a line plus the band); splitting off a clamped step, or a unit of two or three values,
+    removes most of its gap."""
     out = []
     for k, ((l, u), lam) in enumerate(zip(bounds, lams)):
-        unit = search.lb.units[k]
-        a_up, b_up, a_lo, b_lo = search.lb.relax(k, l, u)
-        lf, uf = l.to(F64), u.to(F64)
-        gap = torch.maximum((a_up - a_lo) * lf + b_up - b_lo, (a_up - a_lo) * uf + b_up - b_lo)
-        fixed = unit.layer.integer(l) == unit.layer.integer(u)
+        layer = search.lb.units[k].layer
+        gap = _gap(search, k, l, u)
+        fixed = layer.integer(l) == layer.integer(u)
+        if gain:
+            t = threshold(layer, l, torch.where(fixed, l + 1, u))
+            t = torch.where(fixed, l, t)
+            kids = _gap(search, k, l, t) + _gap(search, k, torch.minimum(t + 1, u), u)
+            gap = (gap - 0.5 * kids).clamp(min=0.0) + 0.3 * gap
         s = lam.abs().sum(1) * gap
         out.append(torch.where(fixed, torch.full_like(s, -1.0), s))
     return out
@@ -73,13 +104,7 @@ def branch(
             continue
         uu = unit[sel]
         l, u = bounds[k][0][sel, uu], bounds[k][1][sel, uu]
-        layer_k = search.lb.units[k].layer
-        yl, yu = layer_k.integer(l), layer_k.integer(u)
-        fmt = layer_k.format
-        v = torch.div(yl + yu - 1, 2, rounding_mode="floor")  # the middle step
-        v = torch.where(yl == fmt.qmin, yl, v)  # leave the bottom step first
-        v = torch.where((yl > fmt.qmin) & (yu == fmt.qmax), yu - 1, v)  # else the top one
-        t = largest_at_most(layer_k, l, u, v)
+        t = threshold(search.lb.units[k].layer, l, u)
         ups[k][sel, uu] = t
         lows[k][sel + b, uu] = t + 1
     children = [(lo_, up_) for lo_, up_ in zip(lows, ups)]

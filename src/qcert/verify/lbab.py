@@ -109,6 +109,11 @@ class _Run:
         self.C = spec.A.to(F64).unsqueeze(0)
         self.thr = spec.b.to(F64).unsqueeze(0)
 
+    def gain(self, n: int) -> bool:
+        """Whether the children of pass ``n`` are scored by gain (else by gap)."""
+        mode = self.opt.branching
+        return mode == "gain" or (mode == "mixed" and n % 2 == 0)
+
     def found(self, points: torch.Tensor, note: str) -> SearchOutcome | None:
         """``unsafe`` with the first of the points that is a counterexample, if one is."""
         point = first_unsafe(self.net, self.spec, self.bounds, points)
@@ -195,7 +200,7 @@ class _Run:
             return self.input_splitting(lo, hi, "few inputs")
         # 5. branch and bound over unit values, then input splitting if that is left
         queue = SubproblemQueue()
-        queue.push(root, ub, scores(search, root, lams), params)
+        queue.push(root, ub, scores(search, root, lams, self.gain(0)), params)
         why = self.branch_and_bound(queue, flat_lo, flat_hi, root)
         if why is None:
             return out
@@ -269,7 +274,7 @@ class _Run:
                 return None
             order = idx[torch.argsort(bad[idx], descending=True, stable=True)]
             cb = [(l[order], u[order]) for l, u in cb]
-            csc = scores(search, cb, [t[order] for t in clam])
+            csc = scores(search, cb, [t[order] for t in clam], self.gain(out.passes))
             queue.push(cb, cub[order], csc, cpar.select(order))
             out.max_queue = max(out.max_queue, queue.size)
             if queue.size > opt.max_queue:

@@ -48,6 +48,11 @@ class LinearBabOptions:
             and ten times more on a machine whose cores are busy (measured in docs/verify.md);
             0 leaves the setting alone.
         seed: seed of the attacks.
+        branching: the unit score, ``"babsr"`` (the unit's relaxation gap times ``|λ|``, the
+            default), ``"gain"`` (what a split removes of that gap) or ``"mixed"`` (the two on
+            alternate passes; on a few hard queries these found counterexamples ``babsr`` did
+            not, and lost on others: not yet measured on the suite); see
+            :func:`qcert.verify.branching.scores`.
         opt_dtype: ``"float32"`` or ``"float64"``: the precision of the optimizer's gradient
             steps (slopes, multipliers, weights and autograd). Only the steps: every bound used
             (to prune, to prove, to tighten a range) comes from a float64 pass with the rigorous
@@ -68,6 +73,7 @@ class LinearBabOptions:
     threads: int = 1
     seed: int = 0
     opt_dtype: str = "float32"
+    branching: str = "babsr"
 
     def __post_init__(self) -> None:
         check_counts(self, ("batch", "max_queue"), 1)
@@ -78,6 +84,10 @@ class LinearBabOptions:
             raise InputError(f"lr must be a positive number, got {self.lr!r}")
         if self.opt_dtype not in _DTYPES:
             raise InputError(f"opt_dtype must be 'float32' or 'float64', got {self.opt_dtype!r}")
+        if self.branching not in ("gain", "babsr", "mixed"):
+            raise InputError(
+                f"branching must be 'gain', 'babsr' or 'mixed', got {self.branching!r}"
+            )
 
 
 _DTYPES = {"float32": F32, "float64": F64}
