@@ -25,6 +25,7 @@ import warnings
 from qcert.errors import FormatError, InexactExportWarning, ModelFileError
 from qcert.export.exporter import METADATA_KEY
 from qcert.export.import_integer import import_integer
+from qcert.export.import_ort import is_ort_quantized, ort_problems, pair_saturation_cpu, read_ort
 from qcert.export.import_qdq import read_qdq
 from qcert.export.onnx_io import load_onnx, read_metadata
 from qcert.export.qdq import qdq_problems
@@ -45,6 +46,8 @@ def from_onnx(path: str | os.PathLike[str], strict: bool = True) -> QNetwork:
     model = load_onnx(path)
     meta = read_metadata(model, name)
     ops = {n.op_type for n in model.graph.node}
+    if meta is None and is_ort_quantized(model):
+        return _from_ort(model, name, strict)
     flavour = meta.get("flavour") if meta else None
     if flavour is None:
         flavour = "qdq" if ops & {"QuantizeLinear", "DequantizeLinear"} else "integer"
@@ -67,4 +70,36 @@ def from_onnx(path: str | os.PathLike[str], strict: bool = True) -> QNetwork:
         if strict:
             raise FormatError(msg + " (import with strict=False to accept it)")
         warnings.warn(msg, InexactExportWarning, stacklevel=2)
+    return net
+
+
+def _from_ort(model: object, name: str, strict: bool) -> QNetwork:
+    """An onnxruntime ``quantize_static`` model (QDQ or QOperator): see docs/export.md."""
+    import onnx
+
+    assert isinstance(model, onnx.ModelProto)
+    net = read_ort(model, name)
+    problems = ort_problems(net)
+    if problems:
+        msg = f"{name}: onnxruntime's int32 accumulators may overflow: " + "; ".join(problems)
+        if strict:
+            raise FormatError(msg + " (import with strict=False to accept it)")
+        warnings.warn(msg, InexactExportWarning, stacklevel=3)
+    sat = net.meta["onnxruntime"]["pair_saturation"]
+    cpu = pair_saturation_cpu()
+    net.meta["onnxruntime"]["pair_saturation_cpu"] = cpu
+    if sat:
+        here = {
+            True: "this CPU has AVX2 without VNNI: it is affected",
+            False: "this CPU is not affected",
+            None: "whether this CPU is affected is unknown",
+        }[cpu]
+        warnings.warn(
+            f"{name}: onnxruntime's uint8 x int8 kernels on x86 CPUs with AVX2 but no VNNI add "
+            "pairs of products in saturating int16, so onnxruntime may differ from the exact "
+            f"integers qcert certifies ({here}); weights beyond +-64: {', '.join(sat)}. "
+            "Quantize with reduce_range=True (7-bit weights) to rule it out.",
+            InexactExportWarning,
+            stacklevel=3,
+        )
     return net
