@@ -240,3 +240,22 @@ def test_milp_refuses_deployed_layers(tmp_path: Path) -> None:
     x0 = torch.full((1, 1, 2, 2), 100)
     with pytest.raises(InputError, match="--method bab"):
         verify_query(net, x0, x0 + 1, OutputSpec.robustness(0, net.num_classes), method="milp")
+
+
+def test_dataset_pixels_are_fed_only_when_they_are_the_codes(tmp_path: Path) -> None:
+    from qcert.cli.common import load_dataset_for
+    from qcert.errors import InputError
+
+    class Mlp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.flatten(x, 1))
+
+    # int8 activations: the codes of x/255 are about pixel − 128, not the pixels
+    net = from_onnx(quantized(tmp_path, Mlp, "QDQ", False, "QInt8", shape=(1, 8, 8)))
+    assert net.meta["onnxruntime"]["pixels_are_codes"] is False
+    with pytest.raises(InputError, match="quantize_linear"):
+        load_dataset_for(net, "digits", "test", None, 10)
