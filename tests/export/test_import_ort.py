@@ -16,6 +16,7 @@ from torch import nn
 
 from qcert.errors import InexactExportWarning, ModelFileError
 from qcert.export import compare_onnx, from_onnx, random_inputs
+from qcert.export.import_ort import pair_saturation_cpu
 from qcert.quant import QMaxPool2d, QNetwork, QRescale
 
 ort_q = pytest.importorskip("onnxruntime.quantization")
@@ -70,6 +71,7 @@ def quantized(
     reduce_range: bool = True,
     shape: tuple[int, ...] = (1, 6, 6),
     seed: int = 0,
+    weights: str = "QInt8",
 ) -> Path:
     torch.manual_seed(seed)  # the weights depend on the seed only, not on earlier tests
     module = module_cls().eval()
@@ -78,13 +80,14 @@ def quantized(
         module, torch.rand(1, *shape), f, dynamo=False, input_names=["input"],
         output_names=["out"], dynamic_axes={"input": {0: "n"}, "out": {0: "n"}}, opset_version=17,
     )  # fmt: skip
-    out = tmp / f"q_{fmt}_{per_channel}_{act}_{reduce_range}_{seed}.onnx"
+    out = tmp / f"q_{fmt}_{per_channel}_{act}_{reduce_range}_{seed}_{weights}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ort_q.quantize_static(
             str(f), str(out), _Reader(shape, seed=seed),
             quant_format=getattr(ort_q.QuantFormat, fmt), per_channel=per_channel,
-            activation_type=getattr(ort_q.QuantType, act), weight_type=ort_q.QuantType.QInt8,
+            activation_type=getattr(ort_q.QuantType, act),
+            weight_type=getattr(ort_q.QuantType, weights),
             reduce_range=reduce_range,
         )  # fmt: skip
     return out
@@ -124,6 +127,22 @@ def test_global_average_pool_and_matmul_bit_exact(tmp_path: Path, fmt: str, act:
     net = from_onnx(path)
     kinds = [layer.kind for layer in net.layers]
     assert "global_sumpool" in kinds
+    r = compare_onnx(net, path, probes(net))
+    assert r["mismatching_logits"] == 0, r
+
+
+@pytest.mark.parametrize("fmt,per_channel", [("QDQ", False), ("QDQ", True), ("QOperator", False)])
+def test_uint8_weights_with_zero_points_bit_exact(
+    tmp_path: Path, fmt: str, per_channel: bool
+) -> None:
+    # uint8 × uint8 kernels widen to int16 before multiplying: exact with full-range weights;
+    # the weight zero points are folded into the weight codes (w − z_w, int16)
+    path = quantized(
+        tmp_path, Cnn, fmt, per_channel, "QUInt8", reduce_range=False, weights="QUInt8"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net = from_onnx(path)
     r = compare_onnx(net, path, probes(net))
     assert r["mismatching_logits"] == 0, r
 
@@ -259,3 +278,88 @@ def test_dataset_pixels_are_fed_only_when_they_are_the_codes(tmp_path: Path) -> 
     assert net.meta["onnxruntime"]["pixels_are_codes"] is False
     with pytest.raises(InputError, match="quantize_linear"):
         load_dataset_for(net, "digits", "test", None, 10)
+
+
+def _handmade(tmp: Path, bias: int, relu_zp: int | None) -> Path:
+    """float input → QuantizeLinear → DequantizeLinear → Gemm (int8 weights 1, int32 bias) →
+    [Relu] → QuantizeLinear → DequantizeLinear → output; 4 inputs, 2 outputs."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    zp = 0 if relu_zp is None else relu_zp
+    inits = [
+        nh.from_array(np.array(0.01, np.float32), "s_in"),
+        nh.from_array(np.array(0, np.uint8), "z_in"),
+        nh.from_array(np.ones((2, 4), np.int8), "w"),
+        nh.from_array(np.array([0.5, 0.25], np.float32), "s_w"),
+        nh.from_array(np.zeros(2, np.int8), "z_w"),
+        nh.from_array(np.array([bias, -3], np.int32), "b"),
+        nh.from_array(np.array([0.005, 0.0025], np.float32), "s_b"),
+        nh.from_array(np.zeros(2, np.int32), "z_b"),
+        nh.from_array(np.array(0.3, np.float32), "s_out"),
+        nh.from_array(np.array(zp, np.uint8), "z_out"),
+    ]
+    nodes = [
+        h.make_node("QuantizeLinear", ["x", "s_in", "z_in"], ["xq"]),
+        h.make_node("DequantizeLinear", ["xq", "s_in", "z_in"], ["xd"]),
+        h.make_node("DequantizeLinear", ["w", "s_w", "z_w"], ["wd"], axis=0),
+        h.make_node("DequantizeLinear", ["b", "s_b", "z_b"], ["bd"], axis=0),
+        h.make_node("Gemm", ["xd", "wd", "bd"], ["g"], transB=1),
+    ]
+    last = "g"
+    if relu_zp is not None:
+        nodes.append(h.make_node("Relu", ["g"], ["r"]))
+        last = "r"
+    nodes += [
+        h.make_node("QuantizeLinear", [last, "s_out", "z_out"], ["yq"]),
+        h.make_node("DequantizeLinear", ["yq", "s_out", "z_out"], ["y"]),
+    ]
+    g = h.make_graph(
+        nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, ["n", 4])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["n", 2])], inits,
+    )  # fmt: skip
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    path = tmp / f"hand_{bias}_{relu_zp}.onnx"
+    onnx.save(m, path)
+    return path
+
+
+def test_int32_accumulator_overflow_is_refused(tmp_path: Path) -> None:
+    from qcert.errors import FormatError
+
+    path = _handmade(tmp_path, 2**31 - 1000, None)  # + up to 4·255: beyond int32
+    with pytest.raises(FormatError, match="int32"):
+        from_onnx(path)
+    with pytest.warns(InexactExportWarning, match="int32"):
+        from_onnx(path, strict=False)
+    net = from_onnx(_handmade(tmp_path, 2**31 - 1021, None))  # 2**31 - 1021 + 1020 fits
+    assert net.layers[-1].kind == "rescale"
+
+
+def test_removable_relu(tmp_path: Path) -> None:
+    path = _handmade(tmp_path, 7, 0)  # zero point 0 = the uint8 minimum: the Relu is the clamp
+    net = from_onnx(path)
+    assert [m.kind for m in net.layers] == ["linear", "rescale"]
+    r = compare_onnx(net, path, probes(net))
+    assert r["mismatching_logits"] == 0, r
+    with pytest.raises(ModelFileError, match="Relu"):
+        from_onnx(_handmade(tmp_path, 7, 5))  # a zero point above the minimum: not removable
+
+
+def test_cli_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qcert.cli.main import main
+    from qcert.quant import load_model
+
+    exact = quantized(tmp_path, Cnn, "QDQ", True, "QUInt8")
+    out = tmp_path / "m.qnn"
+    assert main(["import", str(exact), "--out", str(out), "--check", "64"]) == 0
+    assert "64 equal logit rows" in capsys.readouterr().out
+    assert load_model(out).meta["onnxruntime"]["input"]["type"] == "uint8"
+    full = quantized(tmp_path, Cnn, "QDQ", True, "QUInt8", reduce_range=False)
+    rc = main(["import", str(full), "--out", str(tmp_path / "f.qnn"), "--check", "64"])
+    err = capsys.readouterr().err
+    assert "saturating int16" in err
+    if pair_saturation_cpu():  # onnxruntime differs here, and says why
+        assert rc == 1 and "pair saturation" in err

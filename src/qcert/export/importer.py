@@ -97,7 +97,7 @@ def _from_ort(model: object, name: str, strict: bool) -> QNetwork:
         warnings.warn(
             f"{name}: onnxruntime's uint8 x int8 kernels on x86 CPUs with AVX2 but no VNNI add "
             "pairs of products in saturating int16, so onnxruntime may differ from the exact "
-            f"integers qcert certifies ({here}); weights beyond +-64: {', '.join(sat)}. "
+            f"integers qcert certifies ({here}); {'; '.join(sat)}. "
             "Quantize with reduce_range=True (7-bit weights) to rule it out.",
             InexactExportWarning,
             stacklevel=3,
