@@ -35,7 +35,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from qcert.errors import ModelFileError
+from qcert.errors import FormatError, ModelFileError
 from qcert.export.builder import GraphIndex, tensor_values
 from qcert.export.onnx_io import graph_io, input_shape
 from qcert.quant import (
@@ -240,8 +240,6 @@ class _OrtReader:
         return self.const(dq.input[0], dq, "the bias").astype(np.int64).reshape(-1)
 
     def add(self, layer: QLayer, n: onnx.NodeProto | None) -> None:
-        from qcert.errors import FormatError
-
         try:
             self.shape, _ = layer.bind(self.shape, 0)
         except FormatError as e:
@@ -350,8 +348,6 @@ class _OrtReader:
         if len(pads) != 4 or pads[:2] != pads[2:]:
             raise self.err(n, f"pads {pads} are not symmetric")
         kernel = tuple(a["kernel_shape"])
-        from qcert.errors import FormatError
-
         try:
             layer = QMaxPool2d(kernel, tuple(a.get("strides", [1, 1])), (pads[0], pads[1]))
         except FormatError as e:
@@ -645,8 +641,6 @@ def ort_problems(net: QNetwork) -> list[str]:
 
 def read_ort(model: onnx.ModelProto, name: str) -> QNetwork:
     """The integer network onnxruntime computes for a ``quantize_static`` model (module docs)."""
-    from qcert.errors import FormatError
-
     try:
         return _OrtReader(model, name).read()
     except FormatError as e:

@@ -13,8 +13,15 @@
   the network it read and requires it to match the actual graph node for node, constant for
   constant: an accepted graph computes exactly what the returned network computes.
 
-The reading itself lives in ``onnx_io`` (the file and its metadata), ``import_integer`` and
-``import_qdq``; this module chooses between them.
+* **onnxruntime int8 models** (``quantize_static``, QDQ or QOperator; recognised by QOperator
+  operators or by scales that are not powers of two / nonzero zero points, without qcert metadata)
+  are read as the integers onnxruntime's kernels compute (``import_ort``): offsets, affine layers,
+  float32 rescales, max-pool, global sum pool. Accumulators that could leave int32 raise (or warn
+  with ``strict=False``); weights for which onnxruntime's u8 × s8 kernels may saturate (AVX2
+  without VNNI) warn.
+
+The reading itself lives in ``onnx_io`` (the file and its metadata), ``import_integer``,
+``import_qdq`` and ``import_ort``; this module chooses between them.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ __all__ = ["from_onnx", "load_onnx"]
 
 
 def from_onnx(path: str | os.PathLike[str], strict: bool = True) -> QNetwork:
-    """Read a QDQ or integer ONNX graph of the shapes qcert exports into a QNetwork.
+    """Read a QDQ or integer ONNX graph of the shapes qcert exports, or an onnxruntime
+    ``quantize_static`` int8 model, into a QNetwork.
 
     Raises :class:`ModelFileError` for a graph it cannot read (unknown operator, non-power-of-two
     scale, nonzero zero point, per-channel scales, a graph that differs from what its qcert
