@@ -92,8 +92,21 @@ def add_dataset_args(p: argparse.ArgumentParser, split: bool = True) -> None:
 
 
 def load_dataset_for(net: Any, name: str, split: str, root: str | None, n: int | None = None):
-    """Load a dataset and check its image shape against the network's input shape."""
+    """Load a dataset and check its image shape against the network's input shape.
+
+    A network imported from onnxruntime takes its input quantizer's codes; the dataset's pixels
+    are those codes only when ``meta["onnxruntime"]["pixels_are_codes"]`` (docs/export.md), else
+    this raises :class:`InputError` rather than feed the network inputs it was not given."""
     from qcert.data import load
+
+    ort = net.meta.get("onnxruntime") if isinstance(getattr(net, "meta", None), dict) else None
+    if isinstance(ort, dict) and not ort.get("pixels_are_codes", False):
+        i = ort.get("input", {})
+        raise InputError(
+            f"this model was imported from onnxruntime and quantizes its float input with scale "
+            f"{i.get('scale')} and zero point {i.get('zero_point')} ({i.get('type')}): dataset "
+            "pixels are not its input codes; map images with qcert.quant.quantize_linear"
+        )
 
     shape_in = tuple(net.input_shape)
     if name == "image-folder" and len(shape_in) == 3 and shape_in[0] in (1, 3):

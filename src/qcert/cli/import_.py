@@ -1,8 +1,10 @@
-"""``qcert import MODEL.onnx --out MODEL.qnn``: read a QDQ or integer ONNX graph into a .qnn model.
+"""``qcert import MODEL.onnx --out MODEL.qnn``: read an ONNX graph into a .qnn model.
 
-Scales must be powers of two and zero points 0; an integer graph needs the qcert metadata that
-``qcert export`` writes. After reading, the imported model is compared with onnxruntime on random
-inputs.
+Reads qcert's own exports (QDQ with power-of-two scales, or integer graphs with the qcert metadata
+that ``qcert export`` writes) and int8 models from onnxruntime's ``quantize_static`` (QDQ or
+QOperator, any scales and zero points: the network onnxruntime's CPU kernels compute, whose input is
+the quantized input codes; see docs/export.md). After reading, the imported model is compared with
+onnxruntime on random inputs.
 """
 
 from __future__ import annotations
@@ -67,8 +69,13 @@ def run(args: argparse.Namespace) -> int:
     for note in result["notes"]:
         print(f"qcert import: warning: {note}", file=sys.stderr)
     if not ok:
+        ort = net.meta.get("onnxruntime")
+        why = ""
+        if isinstance(ort, dict) and ort.get("pair_saturation") and ort.get("pair_saturation_cpu"):
+            why = " (expected here: onnxruntime's int16 pair saturation, see the warning)"
         print(
-            "qcert import: the imported model differs from onnxruntime's results", file=sys.stderr
+            f"qcert import: the imported model differs from onnxruntime's results{why}",
+            file=sys.stderr,
         )
         return 1
     return 0

@@ -13,8 +13,15 @@
   the network it read and requires it to match the actual graph node for node, constant for
   constant: an accepted graph computes exactly what the returned network computes.
 
-The reading itself lives in ``onnx_io`` (the file and its metadata), ``import_integer`` and
-``import_qdq``; this module chooses between them.
+* **onnxruntime int8 models** (``quantize_static``, QDQ or QOperator; recognised by QOperator
+  operators or by scales that are not powers of two / nonzero zero points, without qcert metadata)
+  are read as the integers onnxruntime's kernels compute (``import_ort``): offsets, affine layers,
+  float32 rescales, max-pool, global sum pool. Accumulators that could leave int32 raise (or warn
+  with ``strict=False``); weights for which onnxruntime's u8 × s8 kernels may saturate (AVX2
+  without VNNI) warn.
+
+The reading itself lives in ``onnx_io`` (the file and its metadata), ``import_integer``,
+``import_qdq`` and ``import_ort``; this module chooses between them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import warnings
 from qcert.errors import FormatError, InexactExportWarning, ModelFileError
 from qcert.export.exporter import METADATA_KEY
 from qcert.export.import_integer import import_integer
+from qcert.export.import_ort import is_ort_quantized, ort_problems, pair_saturation_cpu, read_ort
 from qcert.export.import_qdq import read_qdq
 from qcert.export.onnx_io import load_onnx, read_metadata
 from qcert.export.qdq import qdq_problems
@@ -34,7 +42,8 @@ __all__ = ["from_onnx", "load_onnx"]
 
 
 def from_onnx(path: str | os.PathLike[str], strict: bool = True) -> QNetwork:
-    """Read a QDQ or integer ONNX graph of the shapes qcert exports into a QNetwork.
+    """Read a QDQ or integer ONNX graph of the shapes qcert exports, or an onnxruntime
+    ``quantize_static`` int8 model, into a QNetwork.
 
     Raises :class:`ModelFileError` for a graph it cannot read (unknown operator, non-power-of-two
     scale, nonzero zero point, per-channel scales, a graph that differs from what its qcert
@@ -45,6 +54,8 @@ def from_onnx(path: str | os.PathLike[str], strict: bool = True) -> QNetwork:
     model = load_onnx(path)
     meta = read_metadata(model, name)
     ops = {n.op_type for n in model.graph.node}
+    if meta is None and is_ort_quantized(model):
+        return _from_ort(model, name, strict)
     flavour = meta.get("flavour") if meta else None
     if flavour is None:
         flavour = "qdq" if ops & {"QuantizeLinear", "DequantizeLinear"} else "integer"
@@ -67,4 +78,36 @@ def from_onnx(path: str | os.PathLike[str], strict: bool = True) -> QNetwork:
         if strict:
             raise FormatError(msg + " (import with strict=False to accept it)")
         warnings.warn(msg, InexactExportWarning, stacklevel=2)
+    return net
+
+
+def _from_ort(model: object, name: str, strict: bool) -> QNetwork:
+    """An onnxruntime ``quantize_static`` model (QDQ or QOperator): see docs/export.md."""
+    import onnx
+
+    assert isinstance(model, onnx.ModelProto)
+    net = read_ort(model, name)
+    problems = ort_problems(net)
+    if problems:
+        msg = f"{name}: onnxruntime's int32 accumulators may overflow: " + "; ".join(problems)
+        if strict:
+            raise FormatError(msg + " (import with strict=False to accept it)")
+        warnings.warn(msg, InexactExportWarning, stacklevel=3)
+    sat = net.meta["onnxruntime"]["pair_saturation"]
+    cpu = pair_saturation_cpu()
+    net.meta["onnxruntime"]["pair_saturation_cpu"] = cpu
+    if sat:
+        here = {
+            True: "this CPU has AVX2 without VNNI: it is affected",
+            False: "this CPU is not affected",
+            None: "whether this CPU is affected is unknown",
+        }[cpu]
+        warnings.warn(
+            f"{name}: onnxruntime's uint8 x int8 kernels on x86 CPUs with AVX2 but no VNNI add "
+            "pairs of products in saturating int16, so onnxruntime may differ from the exact "
+            f"integers qcert certifies ({here}); {'; '.join(sat)}. "
+            "Quantize with reduce_range=True (7-bit weights) to rule it out.",
+            InexactExportWarning,
+            stacklevel=3,
+        )
     return net

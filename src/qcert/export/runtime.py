@@ -62,20 +62,59 @@ def session(
         raise ModelFileError(f"onnxruntime cannot load the model: {e}") from None
 
 
+def ort_io(net: QNetwork) -> dict[str, Any] | None:
+    """The input and output scale / zero point of a network imported from an onnxruntime
+    ``quantize_static`` model (its ``meta["onnxruntime"]``), or None."""
+    m = net.meta.get("onnxruntime")
+    if (
+        isinstance(m, dict)
+        and isinstance(m.get("input"), dict)
+        and isinstance(m.get("output"), dict)
+    ):
+        return m
+    return None
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """onnxruntime's ``DequantizeLinear`` of codes: ``fl32((q − z) · s)``."""
+    return (np.asarray(q, np.int64) - zero_point).astype(np.float32) * np.float32(scale)
+
+
 def onnx_logits(
     sess: Any,
     x: torch.Tensor,
     batch_size: int = 1000,
     input_frac: int = 0,
     logit_frac: int = 0,
+    io: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Logits of the integer inputs ``x`` from an onnxruntime session.
 
     Integer model inputs get the codes; a float input (a QDQ graph that quantizes its input) gets
     the real values ``x * 2**-input_frac``. Integer outputs come back as int64; float outputs (real
     logits) as float64 ``output * 2**logit_frac``, the integer logits when the graph is exact.
+
+    With ``io`` (:func:`ort_io`: an imported ``quantize_static`` model) the float input gets
+    ``fl32((x − z_in) · s_in)``, which the graph's ``QuantizeLinear`` maps back to ``x`` exactly, and
+    the float output, ``DequantizeLinear`` of the output codes, is mapped back to those codes (an
+    output that is not exactly such a value raises :class:`ModelFileError`).
     """
     inp = sess.get_inputs()[0]
+    if io is not None and inp.type == "tensor(float)":
+        i, o = io["input"], io["output"]
+        arr = dequantize(x.numpy(), i["scale"], i["zero_point"])
+        outs = [
+            sess.run(None, {inp.name: arr[s : s + batch_size]})[0]
+            for s in range(0, arr.shape[0], batch_size)
+        ]
+        out = np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+        if not np.issubdtype(out.dtype, np.floating):
+            return torch.from_numpy(out.astype(np.int64))
+        q = np.rint(out.astype(np.float64) / np.float64(np.float32(o["scale"]))).astype(np.int64)
+        q += int(o["zero_point"])
+        if not np.array_equal(dequantize(q, o["scale"], o["zero_point"]), out):
+            raise ModelFileError("the model's output is not DequantizeLinear of its output codes")
+        return torch.from_numpy(q)
     if inp.type == "tensor(float)":
         arr = (x.to(torch.float64) * 2.0**-input_frac).numpy().astype(np.float32)
     else:
@@ -127,11 +166,14 @@ def compare_onnx(
     """Run ``x`` through onnxruntime (at graph ``optimization`` level) and the reference
     executor; count equal logit rows.
 
-    Returns ``n``, ``equal_logits`` (rows equal bit for bit), ``equal_predictions``,
+    Returns ``n``, ``equal_logits`` (rows equal bit for bit), ``mismatching_logits`` (values that
+    differ), ``equal_predictions``,
     ``max_abs_diff``, and the throughput of both (images/s).
     """
     x = net.check_input(x)
     sess = session(model, optimization)
+    io = ort_io(net)
+    bad = 0
     n = int(x.shape[0])
     eq_rows = eq_pred = 0
     max_diff: float = 0
@@ -139,7 +181,7 @@ def compare_onnx(
     for s in range(0, n, batch_size):
         xb = x[s : s + batch_size]
         t0 = time.perf_counter()
-        got = onnx_logits(sess, xb, batch_size, net.input_format.frac, net.logit_frac)
+        got = onnx_logits(sess, xb, batch_size, net.input_format.frac, net.logit_frac, io)
         t1 = time.perf_counter()
         ref = net.integer_forward(xb)
         t2 = time.perf_counter()
@@ -154,6 +196,7 @@ def compare_onnx(
         else:
             ref_cmp = ref
         eq_rows += int((got == ref_cmp).all(dim=1).sum())
+        bad += int((got != ref_cmp).sum())
         eq_pred += int((argmax_first(got) == argmax_first(ref)).sum())
         if got.numel():
             max_diff = max(max_diff, float((got - ref_cmp).abs().max()))
@@ -162,6 +205,7 @@ def compare_onnx(
     return {
         "n": n,
         "equal_logits": eq_rows,
+        "mismatching_logits": bad,
         "equal_predictions": eq_pred,
         "max_abs_diff": max_diff,
         "onnxruntime_images_per_s": n / t_ort if t_ort > 0 else None,

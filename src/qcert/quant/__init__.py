@@ -16,7 +16,25 @@ from qcert.quant.format import (
 )
 from qcert.quant.inputs import check_box, check_eps, check_labels, check_levels, random_inputs
 from qcert.quant.io import load_model, save_model
-from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLayer, QLinear, QRequant
+from qcert.quant.layers import (
+    QAvgPool2d,
+    QConv2d,
+    QFlatten,
+    QGlobalSumPool,
+    QLayer,
+    QLinear,
+    QMaxPool2d,
+    QOffset,
+    QRequant,
+    QRescale,
+)
+from qcert.quant.multiplier import (
+    fixed_point_rescale,
+    float32_rescale,
+    ort_output_scale,
+    quantize_linear,
+    quantize_multiplier,
+)
 from qcert.quant.network import DEFAULT_INPUT_FORMAT, QNetwork, argmax_first
 
 __all__ = [
@@ -28,10 +46,14 @@ __all__ = [
     "QAvgPool2d",
     "QConv2d",
     "QFlatten",
+    "QGlobalSumPool",
     "QLayer",
     "QLinear",
+    "QMaxPool2d",
     "QNetwork",
+    "QOffset",
     "QRequant",
+    "QRescale",
     "Rounding",
     "argmax_first",
     "check_box",
@@ -39,9 +61,14 @@ __all__ = [
     "check_labels",
     "check_levels",
     "fake_requantize",
+    "fixed_point_rescale",
+    "float32_rescale",
     "from_float",
     "load_model",
     "make_executor",
+    "ort_output_scale",
+    "quantize_linear",
+    "quantize_multiplier",
     "random_inputs",
     "save_model",
     "to_float",

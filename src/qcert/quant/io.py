@@ -18,11 +18,28 @@ from safetensors.numpy import save as st_save
 from qcert.errors import FormatError, ModelFileError
 from qcert.quant.files import read_bytes, read_safetensors, write_atomic
 from qcert.quant.format import FixedPointFormat, Rounding, smallest_int_dtype
-from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLayer, QLinear, QRequant
+from qcert.quant.layers import (
+    QAvgPool2d,
+    QConv2d,
+    QFlatten,
+    QGlobalSumPool,
+    QLayer,
+    QLinear,
+    QMaxPool2d,
+    QOffset,
+    QRequant,
+    QRescale,
+)
 from qcert.quant.network import QNetwork
 
 FORMAT_NAME = "qcert.qnn"
-FORMAT_VERSION = 1
+#: the newest format version this qcert writes and reads. Version 2 added the layers ``rescale``,
+#: ``offset``, ``maxpool2d`` and ``global_sumpool``; a network made only of version-1 layers is
+#: still written as version 1, so older readers load it.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+V1_LAYERS = ("linear", "conv2d", "requant", "flatten", "avgpool2d")
+V2_LAYERS = ("rescale", "offset", "maxpool2d", "global_sumpool")
 METADATA_KEY = "qcert"
 INTEGER_DTYPES = (
     np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64
@@ -33,9 +50,10 @@ DEFAULT_ROUNDING = Rounding.HALF_UP
 
 def header_of(net: QNetwork) -> dict[str, Any]:
     """The JSON header describing ``net`` (everything but the integer tensors)."""
+    v1 = all(layer.kind in V1_LAYERS for layer in net.layers)
     return {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": 1 if v1 else FORMAT_VERSION,
         "input": {
             "shape": list(net.input_shape),
             "format": net.input_format.to_dict(),
@@ -128,12 +146,21 @@ def _pair_of(d: dict[str, Any], key: str, where: str) -> tuple[int, int]:
     return v[0], v[1]
 
 
-def _layer(i: int, d: Any, tensors: dict[str, np.ndarray]) -> QLayer:
+def _int_list(d: dict[str, Any], key: str, where: str) -> list[int]:
+    v = _get(d, key, where, list)
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise ModelFileError(f"{where}: '{key}' must be a list of integers")
+    return v
+
+
+def _layer(i: int, d: Any, tensors: dict[str, np.ndarray], version: int = FORMAT_VERSION) -> QLayer:
     where = f"layer {i}"
     if not isinstance(d, dict):
         raise ModelFileError(f"{where}: not a JSON object")
     kind = _get(d, "type", where, str)
     where = f"layer {i} ({kind})"
+    if version < 2 and kind in V2_LAYERS:
+        raise ModelFileError(f"{where}: this layer type needs format version 2, the file says 1")
     if kind in ("linear", "conv2d"):
         wf = _format(d, "weight_format", where)
         bf = None if d.get("bias_format") is None else _format(d, "bias_format", where)
@@ -166,8 +193,30 @@ def _layer(i: int, d: Any, tensors: dict[str, np.ndarray]) -> QLayer:
         return QFlatten()
     if kind == "avgpool2d":
         return QAvgPool2d(_pair_of(d, "kernel_size", where), _pair_of(d, "stride", where))
+    if kind == "maxpool2d":
+        return QMaxPool2d(
+            _pair_of(d, "kernel_size", where),
+            _pair_of(d, "stride", where),
+            _pair_of(d, "padding", where),
+        )
+    if kind == "global_sumpool":
+        return QGlobalSumPool()
+    if kind == "offset":
+        return QOffset(_get(d, "zero_point", where, int))
+    if kind == "rescale":
+        fmt = _format(d, "format", where)
+        zp = _get(d, "zero_point", where, int)
+        mode = _get(d, "mode", where, str)
+        if mode == "float32":
+            scale = _get(d, "scale", where, list)
+            return QRescale(fmt, zp, scale=scale)
+        if mode == "fixed_point":
+            m = _int_list(d, "multiplier", where)
+            return QRescale(fmt, zp, multiplier=m, shift=_int_list(d, "shift", where))
+        raise ModelFileError(f"{where}: mode must be float32 or fixed_point, got {mode!r}")
     raise ModelFileError(
-        f"{where}: unknown layer type; expected linear, conv2d, requant, flatten or avgpool2d"
+        f"{where}: unknown layer type; expected linear, conv2d, requant, flatten, avgpool2d, "
+        "maxpool2d, global_sumpool, offset or rescale"
     )
 
 
@@ -176,9 +225,10 @@ def network_from(header: dict[str, Any], tensors: dict[str, np.ndarray], name: s
     if header.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{name}: header 'format' must be '{FORMAT_NAME}'")
     version = header.get("version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version not in READ_VERSIONS:
         raise ModelFileError(
-            f"{name}: unsupported format version {version!r} (this qcert reads {FORMAT_VERSION})"
+            f"{name}: unsupported format version {version!r} (this qcert reads "
+            f"{', '.join(map(str, READ_VERSIONS))})"
         )
     try:
         inp = _get(header, "input", name, dict)
@@ -188,7 +238,7 @@ def network_from(header: dict[str, Any], tensors: dict[str, np.ndarray], name: s
         in_fmt = _format(inp, "format", f"{name}: input")
         in_range = _pair_of(inp, "range", f"{name}: input")
         layer_dicts = _get(header, "layers", name, list)
-        layers = [_layer(i, d, tensors) for i, d in enumerate(layer_dicts)]
+        layers = [_layer(i, d, tensors, version) for i, d in enumerate(layer_dicts)]
         known = {
             f"layers.{i}.{k}"
             for i, layer in enumerate(layers)

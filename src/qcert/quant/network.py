@@ -22,9 +22,13 @@ from qcert.quant.layers import (
     QAvgPool2d,
     QConv2d,
     QFlatten,
+    QGlobalSumPool,
     QLayer,
     QLinear,
+    QMaxPool2d,
+    QOffset,
     QRequant,
+    QRescale,
     _Affine,
     input_quantize,
 )
@@ -67,10 +71,14 @@ def _format_magnitude(layer: QLayer, mag: int) -> int:
             bf = layer.bias_format
             out += max(-bf.qmin, bf.qmax) << (layer.acc_frac - bf.frac)
         return out
-    if isinstance(layer, QRequant):
+    if isinstance(layer, QRequant | QRescale):
         return max(-layer.format.qmin, layer.format.qmax)
     if isinstance(layer, QAvgPool2d):
         return mag << layer.shift
+    if isinstance(layer, QOffset):
+        return mag + abs(layer.zero_point)
+    if isinstance(layer, QGlobalSumPool):
+        return mag * layer.area
     return mag
 
 
@@ -306,6 +314,14 @@ class QNetwork(nn.Module):
                 detail, params = f"{layer.format} {relu}, {layer.rounding.value}", 0
             elif isinstance(layer, QAvgPool2d):
                 detail, params = f"k{layer.kernel_size} s{layer.stride}", 0
+            elif isinstance(layer, QMaxPool2d):
+                detail, params = f"k{layer.kernel_size} s{layer.stride} p{layer.padding}", 0
+            elif isinstance(layer, QRescale):
+                per = "per channel" if layer.channels > 1 else "per tensor"
+                detail = f"{layer.format} zero point {layer.zero_point}, {layer.mode} {per}"
+                params = 0
+            elif isinstance(layer, QOffset):
+                detail, params = f"− {layer.zero_point}", 0
             else:
                 detail, params = "", 0
             assert layer.out_shape is not None and layer.out_frac is not None

@@ -27,6 +27,7 @@ import torch
 
 from qcert.attack import FakeForward
 from qcert.errors import InputError
+from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 from qcert.verify.bab import SAFE, UNSAFE, BabOptions, SearchOutcome, bab_search
 from qcert.verify.bounds import SpecBounds
@@ -112,7 +113,30 @@ def _searcher(net: QNetwork) -> LinearBab:
     return hit[1]
 
 
+#: the layers the linear relaxations (``linear-bab``) and the MILP encode; networks with other
+#: layers (rescale, offset, max-pool, global sum pool: deployed int8 models) are verified by
+#: ``bab``, whose exact interval bounds need only each layer's monotone ``int_bounds``
+LINEAR_LAYERS = (QLinear, QConv2d, QRequant, QFlatten, QAvgPool2d)
+
+
+def linear_supported(net: QNetwork) -> bool:
+    """True when the linear bounds (and the MILP) encode every layer of ``net``."""
+    return all(isinstance(layer, LINEAR_LAYERS) for layer in net.layers)
+
+
+def _require_linear(net: QNetwork, method: str) -> None:
+    if not linear_supported(net):
+        kinds = sorted({layer.kind for layer in net.layers if not isinstance(layer, LINEAR_LAYERS)})
+        raise InputError(
+            f"method {method!r} does not support the layers {', '.join(kinds)}; "
+            "use --method bab (exact input-splitting branch and bound)"
+        )
+
+
 def _linear_bab(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
+    if not linear_supported(q.net):
+        # documented fallback (docs/verify.md): exact interval bounds with input splits
+        return _bab(q, timeout)
     seed = 0 if q.options is None else q.options.seed
     search = _searcher(q.net)
     if search.opt.seed != seed:
@@ -125,6 +149,7 @@ def _linear_bab(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
 
 
 def _milp(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
+    _require_linear(q.net, "milp")
     # big-M constants and stable units from the linear bounds of the box, not intervals alone
     lo, hi = q.lo.reshape(1, -1), q.hi.reshape(1, -1)
     unit_bounds = _searcher(q.net).lb.refine(lo, hi) if bool((lo <= hi).all()) else None
@@ -135,6 +160,7 @@ def _milp(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
 
 
 def _portfolio(q: Query, timeout: float) -> tuple[SearchOutcome, str]:
+    _require_linear(q.net, "bab+milp")
     t0 = time.monotonic()
     outcome, decided_by = _bab(q, timeout * PORTFOLIO_BAB_SHARE)
     if outcome.status != "timeout":

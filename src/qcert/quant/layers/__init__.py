@@ -9,24 +9,31 @@ applies each monotone operation to both bounds). A layer is *bound* by its :clas
 tells it the fractional bits of its input.
 
 Files: ``base`` (:class:`QLayer`, the input quantizer), ``affine`` (:class:`QLinear`,
-:class:`QConv2d`), ``requant`` (:class:`QRequant`), ``pool`` (:class:`QFlatten`,
-:class:`QAvgPool2d`).
+:class:`QConv2d`), ``requant`` (:class:`QRequant`), ``rescale`` (:class:`QRescale`, :class:`QOffset`: deployed
+int8 requantization with zero points), ``pool`` (:class:`QFlatten`, :class:`QAvgPool2d`,
+:class:`QMaxPool2d`, :class:`QGlobalSumPool`).
 """
 
 from __future__ import annotations
 
 from qcert.quant.layers.affine import QConv2d, QLinear, _Affine, quantize_weight
 from qcert.quant.layers.base import QLayer, Shape, input_quantize
-from qcert.quant.layers.pool import QAvgPool2d, QFlatten
+from qcert.quant.layers.pool import QAvgPool2d, QFlatten, QGlobalSumPool, QMaxPool2d
 from qcert.quant.layers.requant import QRequant
+from qcert.quant.layers.rescale import RESCALE_MODES, QOffset, QRescale
 
 __all__ = [
     "QAvgPool2d",
     "QConv2d",
     "QFlatten",
+    "QGlobalSumPool",
     "QLayer",
     "QLinear",
+    "QMaxPool2d",
+    "QOffset",
     "QRequant",
+    "QRescale",
+    "RESCALE_MODES",
     "Shape",
     "_Affine",
     "input_quantize",
