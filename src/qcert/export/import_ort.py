@@ -37,6 +37,7 @@ from onnx import TensorProto, helper
 
 from qcert.errors import FormatError, ModelFileError
 from qcert.export.builder import GraphIndex, tensor_values
+from qcert.export.import_qdq import ChainReader
 from qcert.export.onnx_io import graph_io, input_shape
 from qcert.quant import (
     FixedPointFormat,
@@ -130,30 +131,14 @@ def is_ort_quantized(model: onnx.ModelProto) -> bool:
     return False
 
 
-class _OrtReader:
+class _OrtReader(ChainReader):
+    chain_hint = " (residual connections need a graph model, which qcert does not have yet)"
+
     def __init__(self, model: onnx.ModelProto, name: str) -> None:
-        self.g = model.graph
-        self.name = name
-        self.idx = GraphIndex.of_graph(self.g)
-        self.prod = {o: i for i, n in enumerate(self.idx.nodes) for o in n.output}
-        self.visited: set[int] = set()
-        self.layers: list[QLayer] = []
+        super().__init__(model, name)
         self.saturation: list[str] = []
-        self.shape: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ helpers
-    def err(self, n: onnx.NodeProto | None, msg: str) -> ModelFileError:
-        where = f" ({n.op_type} node '{n.name or n.output[0]}')" if n is not None else ""
-        return ModelFileError(f"{self.name}{where}: {msg}")
-
-    def attrs(self, n: onnx.NodeProto) -> dict[str, Any]:
-        return {a.name: helper.get_attribute_value(a) for a in n.attribute}
-
-    def const(self, t: str, n: onnx.NodeProto, what: str) -> np.ndarray:
-        if t not in self.idx.consts:
-            raise self.err(n, f"{what} must be a constant")
-        return tensor_values(self.idx.consts[t])
-
     def scale(self, t: str, n: onnx.NodeProto, what: str) -> np.ndarray:
         if t not in self.idx.consts or self.idx.consts[t].data_type != TensorProto.FLOAT:
             raise self.err(n, f"{what} must be a float32 constant")
@@ -184,18 +169,6 @@ class _OrtReader:
         if self.attrs(n).get("block_size", 0):
             raise self.err(n, "blocked quantization is not supported")
         return QParams(float(sc[0]), int(zv[0]), zt.data_type)
-
-    def next_node(self, t: str) -> onnx.NodeProto | None:
-        cons = self.idx.consumers.get(t, [])
-        if t == self._out and not cons:
-            return None
-        if len(cons) != 1:
-            raise ModelFileError(
-                f"{self.name}: tensor '{t}' feeds {len(cons)} nodes; qcert reads a single chain "
-                "(residual connections need a graph model, which qcert does not have yet)"
-            )
-        self.visited.add(cons[0])
-        return self.idx.nodes[cons[0]]
 
     def weight_dq(
         self, t: str, n: onnx.NodeProto

@@ -60,21 +60,24 @@ def _frac_of_scale(v: np.ndarray, where: str) -> int:
     return 1 - e  # s = 2**(e-1) = 2**-frac
 
 
-class _QdqReader:
-    """Walks a QDQ graph from its input along its single chain of tensors."""
+class ChainReader:
+    """What the structural ONNX readers share: the graph's index, the single chain of tensors
+    from its input (``_out``, the output tensor, is set by the reader when it starts), errors
+    that name the node, attributes and constants."""
 
-    def __init__(self, model: onnx.ModelProto, meta: dict[str, Any] | None, name: str) -> None:
+    #: added to the error for a tensor that feeds several nodes
+    chain_hint = ""
+
+    def __init__(self, model: onnx.ModelProto, name: str) -> None:
         self.g = model.graph
         self.name = name
         self.idx = GraphIndex.of_graph(self.g)
         self.prod = {o: i for i, n in enumerate(self.idx.nodes) for o in n.output}
         self.visited: set[int] = set()
-        self.header = meta["model"] if meta else None
         self.layers: list[QLayer] = []
         self.shape: tuple[int, ...] = ()
-        self.frac = 0
+        self._out = ""
 
-    # -------------------------------------------------------------- helpers
     def err(self, n: onnx.NodeProto | None, msg: str) -> ModelFileError:
         where = f" ({n.op_type} node '{n.name or n.output[0]}')" if n is not None else ""
         return ModelFileError(f"{self.name}{where}: {msg}")
@@ -87,6 +90,28 @@ class _QdqReader:
             raise self.err(n, f"{what} must be a constant")
         return tensor_values(self.idx.consts[t])
 
+    def next_node(self, t: str) -> onnx.NodeProto | None:
+        cons = self.idx.consumers.get(t, [])
+        if t == self._out and not cons:
+            return None
+        if len(cons) != 1:
+            raise ModelFileError(
+                f"{self.name}: tensor '{t}' feeds {len(cons)} nodes; qcert reads a single chain"
+                + self.chain_hint
+            )
+        self.visited.add(cons[0])
+        return self.idx.nodes[cons[0]]
+
+
+class _QdqReader(ChainReader):
+    """Walks a QDQ graph from its input along its single chain of tensors."""
+
+    def __init__(self, model: onnx.ModelProto, meta: dict[str, Any] | None, name: str) -> None:
+        super().__init__(model, name)
+        self.header = meta["model"] if meta else None
+        self.frac = 0
+
+    # -------------------------------------------------------------- helpers
     def scale(self, t: str, n: onnx.NodeProto, what: str) -> int:
         """The fractional bits of a float32 power-of-two scale (other float types would make the
         graph compute in another precision)."""
@@ -119,17 +144,6 @@ class _QdqReader:
             return FixedPointFormat(bits, signed, frac)
         except FormatError as e:
             raise self.err(n, str(e)) from None
-
-    def next_node(self, t: str) -> onnx.NodeProto | None:
-        cons = self.idx.consumers.get(t, [])
-        if t == self._out and not cons:
-            return None
-        if len(cons) != 1:
-            raise ModelFileError(
-                f"{self.name}: tensor '{t}' feeds {len(cons)} nodes; qcert reads a single chain"
-            )
-        self.visited.add(cons[0])
-        return self.idx.nodes[cons[0]]
 
     def dq_const(self, t: str, n: onnx.NodeProto, what: str) -> tuple[np.ndarray, int, int]:
         """Integer codes, their element type and fractional bits: ``DequantizeLinear`` of a
