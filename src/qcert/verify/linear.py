@@ -44,6 +44,11 @@ from qcert.quant.format import Rounding
 from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 
+#: the layers :class:`LinearBounds` (and the MILP, which takes its bounds) encode; networks with
+#: other layers (rescale, offset, max-pool, global sum pool: deployed int8 models) are verified
+#: by ``bab``, whose exact interval bounds need only each layer's monotone ``int_bounds``
+LINEAR_LAYERS = (QLinear, QConv2d, QRequant, QFlatten, QAvgPool2d)
+
 U = 2.0**-53  # unit roundoff of float64
 F64 = torch.float64
 F32 = torch.float32

@@ -27,11 +27,11 @@ import torch
 
 from qcert.attack import FakeForward
 from qcert.errors import InputError
-from qcert.quant.layers import QAvgPool2d, QConv2d, QFlatten, QLinear, QRequant
 from qcert.quant.network import QNetwork
 from qcert.verify.bab import SAFE, UNSAFE, BabOptions, SearchOutcome, bab_search
 from qcert.verify.bounds import SpecBounds
 from qcert.verify.lbab import LinearBab, linear_bab_search
+from qcert.verify.linear import LINEAR_LAYERS
 from qcert.verify.milp import milp_search
 from qcert.verify.spec import OutputSpec
 
@@ -111,12 +111,6 @@ def _searcher(net: QNetwork) -> LinearBab:
         hit = ([p.clone() for p in params], LinearBab(net))
         _SEARCHERS[net] = hit
     return hit[1]
-
-
-#: the layers the linear relaxations (``linear-bab``) and the MILP encode; networks with other
-#: layers (rescale, offset, max-pool, global sum pool: deployed int8 models) are verified by
-#: ``bab``, whose exact interval bounds need only each layer's monotone ``int_bounds``
-LINEAR_LAYERS = (QLinear, QConv2d, QRequant, QFlatten, QAvgPool2d)
 
 
 def linear_supported(net: QNetwork) -> bool:
